@@ -1,0 +1,203 @@
+"""Scene records and the scene table: what every catalog source produces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+from shapely.geometry.base import BaseGeometry
+
+from catalog.product import ProductName
+
+OK = "ok"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One EnMAP L2A product as found in a catalog, parsed once.
+
+    ``status`` is ``ok`` or ``rejected``; a rejected record says why in ``reason``. ``assets`` maps
+    asset keys (see ``catalog.product.ASSET_SUFFIXES``) to hrefs that rasterio can open
+    (local paths, ``/vsizip/`` paths or http(s) URLs). ``footprint`` is in lon/lat (EPSG:4326).
+    """
+
+    product: str
+    source: str
+    datatake: int | None = None
+    tile: int | None = None
+    version: str | None = None
+    acquired: datetime | None = None
+    processed: datetime | None = None
+    epsg: int | None = None
+    footprint: BaseGeometry | None = None
+    cloud_cover: float | None = None
+    snow_cover: float | None = None
+    quality: float | None = None
+    assets: tuple[tuple[str, str], ...] = ()
+    status: str = OK
+    reason: str = ""
+
+    @classmethod
+    def rejected(cls, product: str, source: str, reason: str) -> SceneRecord:
+        """A record for a product that cannot be used, with the parts its name gives."""
+        record = cls(product=product, source=source, status=REJECTED, reason=reason)
+        try:
+            name = ProductName.parse(product)
+        except ValueError:
+            return record
+        return replace(
+            record,
+            datatake=name.datatake,
+            tile=name.tile,
+            version=name.version,
+            acquired=name.acquired,
+            processed=name.processed,
+        )
+
+    @property
+    def asset_map(self) -> dict[str, str]:
+        """Assets as a dict."""
+        return dict(self.assets)
+
+    def __dask_tokenize__(self) -> tuple[object, ...]:
+        return (type(self).__name__, self.product, self.source, self.assets, self.status)
+
+
+def keep_newest(records: Iterable[SceneRecord]) -> list[SceneRecord]:
+    """Reject all but the newest processor version of each (datatake, tile)."""
+    records = list(records)
+    newest: dict[tuple[int, int], SceneRecord] = {}
+    for record in records:
+        if record.status != OK or record.datatake is None or record.tile is None:
+            continue
+        key = (record.datatake, record.tile)
+        if key not in newest or _version_key(record) > _version_key(newest[key]):
+            newest[key] = record
+    return [_superseded(r, newest) for r in records]
+
+
+def _version_key(record: SceneRecord) -> tuple[str, datetime]:
+    assert record.version is not None and record.processed is not None
+    return (record.version, record.processed)
+
+
+def _superseded(record: SceneRecord, newest: dict[tuple[int, int], SceneRecord]) -> SceneRecord:
+    if record.status != OK or record.datatake is None or record.tile is None:
+        return record
+    winner = newest[(record.datatake, record.tile)]
+    if winner is record:
+        return record
+    return replace(record, status=REJECTED, reason=f"superseded by newer processor version {winner.product}")
+
+
+_COLUMNS = [
+    "product",
+    "datatake",
+    "tile",
+    "version",
+    "acquired",
+    "processed",
+    "epsg",
+    "cloud_cover",
+    "snow_cover",
+    "quality",
+    "assets",
+    "source",
+    "status",
+    "reason",
+]
+
+
+def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None = None) -> gpd.GeoDataFrame:
+    """The scene table: one row per record sorted by product, footprints in EPSG:4326.
+
+    ``assets`` is stored as a JSON object (key -> href); the query that produced the table is kept in
+    the frame's ``attrs["query"]`` and written into the GeoParquet file's metadata.
+    """
+    rows = sorted(records, key=lambda r: r.product)
+    frame = pd.DataFrame(
+        {
+            **{c: [getattr(r, c) for r in rows] for c in _COLUMNS if c != "assets"},
+            "assets": [json.dumps(r.asset_map, sort_keys=True) for r in rows],
+        },
+        columns=_COLUMNS,
+    )
+    for column in ("datatake", "tile", "epsg"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("acquired", "processed"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    table = gpd.GeoDataFrame(frame, geometry=[r.footprint for r in rows], crs="EPSG:4326")
+    table.attrs["query"] = dict(query or {})
+    return table
+
+
+def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
+    """Scene records back from a scene table (the inverse of ``scene_table``)."""
+    records = []
+    for row in table.itertuples(index=False):
+        values = row._asdict()
+        records.append(
+            SceneRecord(
+                product=values["product"],
+                source=values["source"],
+                datatake=_optional_int(values["datatake"]),
+                tile=_optional_int(values["tile"]),
+                version=values["version"] if isinstance(values["version"], str) else None,
+                acquired=_optional_time(values["acquired"]),
+                processed=_optional_time(values["processed"]),
+                epsg=_optional_int(values["epsg"]),
+                footprint=values.get("geometry"),
+                cloud_cover=_optional_float(values["cloud_cover"]),
+                snow_cover=_optional_float(values["snow_cover"]),
+                quality=_optional_float(values["quality"]),
+                assets=tuple(sorted(json.loads(values["assets"]).items())),
+                status=values["status"],
+                reason=values["reason"],
+            )
+        )
+    return records
+
+
+def write_scene_table(table: gpd.GeoDataFrame, path: Path) -> None:
+    """Write a scene table as GeoParquet, atomically, with its query in the file metadata."""
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False, schema_version="1.0.0", write_covering_bbox=False)
+    _attach_query(tmp, table.attrs.get("query", {}))
+    tmp.replace(path)
+
+
+def read_scene_table(path: Path) -> gpd.GeoDataFrame:
+    """Read a scene table written by ``write_scene_table``."""
+    import pyarrow.parquet as pq
+
+    table = gpd.read_parquet(path)
+    meta = pq.read_schema(path).metadata or {}
+    table.attrs["query"] = json.loads(meta.get(b"spectral_corpus:query", b"{}"))
+    return table
+
+
+def _attach_query(path: Path, query: dict[str, object]) -> None:
+    import pyarrow.parquet as pq
+
+    arrow = pq.read_table(path)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"spectral_corpus:query"] = json.dumps(query, sort_keys=True, default=str).encode()
+    pq.write_table(arrow.replace_schema_metadata(meta), path)
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)  # type: ignore[call-overload]
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def _optional_time(value: object) -> datetime | None:
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()

@@ -1,0 +1,1 @@
+"""Compose the stages on Dask, record progress, and own the command line."""

@@ -1,0 +1,188 @@
+"""The ``spectral-corpus`` command line: parse arguments, set up logging, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from catalog.query import SceneQuery
+from stages.rules import Rules
+
+log = logging.getLogger("spectral_corpus")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; return the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.run(args))
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"spectral-corpus {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectral-corpus", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="generate example products, build a corpus from them, print it")
+    demo.add_argument("directory", nargs="?", type=Path, default=Path("spectral-corpus-demo"))
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(run=_demo)
+
+    synth = commands.add_parser("synth", help="write realistic example EnMAP L2A products and STAC items")
+    synth.add_argument("outdir", type=Path)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--replicas", type=int, default=1, help="copies of the scenario, shifted north")
+    synth.add_argument("--with-bad", action="store_true", help="also write broken products the build must reject")
+    synth.set_defaults(run=_synth)
+
+    build = commands.add_parser("build", help="build a corpus from a STAC API, a static STAC file or an archive")
+    build.add_argument("--source", required=True, help="STAC API URL, static STAC JSON file, or product directory")
+    build.add_argument("--out", required=True, type=Path)
+    _add_query_options(build)
+    _add_rule_options(build)
+    build.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    build.add_argument("--scheduler", help="address of an existing Dask scheduler (instead of a local cluster)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(run=_build)
+
+    info = commands.add_parser("info", help="summarise a corpus")
+    info.add_argument("corpus", type=Path)
+    info.add_argument("--version", type=int, help="a published version (default: current)")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=_info)
+
+    verify = commands.add_parser("verify", help="recompute shard checksums and cross-check tables and store")
+    verify.add_argument("corpus", type=Path)
+    verify.add_argument("--version", type=int)
+    verify.set_defaults(run=_verify)
+
+    export = commands.add_parser("export-spectralearth", help="write the published SpectralEarth GeoTIFF layout")
+    export.add_argument("corpus", type=Path)
+    export.add_argument("dest", type=Path)
+    export.add_argument("--version", type=int)
+    export.set_defaults(run=_export)
+    return parser
+
+
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", default="ENMAP_HSI_L2A")
+    area = parser.add_mutually_exclusive_group()
+    area.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"))
+    area.add_argument("--aoi", type=Path, help="GeoJSON / GeoPackage area of interest")
+    parser.add_argument("--start", help="first acquisition date (YYYY-MM-DD or ISO time, UTC)")
+    parser.add_argument("--end", help="last acquisition date, inclusive")
+    parser.add_argument("--max-scene-cloud", type=float, metavar="PCT", help="maximum scene cloud cover, %%")
+    parser.add_argument("--min-quality", type=float, help="minimum enmap:overallQuality")
+
+
+def _add_rule_options(parser: argparse.ArgumentParser) -> None:
+    defaults = Rules()
+    parser.add_argument("--bands", type=int, choices=(202, 224), default=defaults.bands)
+    for flag in ("nodata", "cloud", "cloudshadow", "snow"):
+        default = getattr(defaults, f"max_{flag}") * 100
+        parser.add_argument(f"--max-{flag}", type=float, default=default, metavar="PCT",
+                            help=f"drop a patch whose {flag} pixels exceed PCT %% (default {default:g})")
+    parser.add_argument("--zone-overlap", type=float, default=defaults.zone_overlap * 100, metavar="PCT",
+                        help="cells of two UTM zones overlapping more than PCT %% are one place (default 1)")
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
+
+
+def _query(args: argparse.Namespace) -> SceneQuery:
+    return SceneQuery.from_options(
+        collection=args.collection, bbox=args.bbox, aoi_path=args.aoi, start=args.start, end=args.end,
+        max_cloud=args.max_scene_cloud, min_quality=args.min_quality,
+    )
+
+
+def _rules(args: argparse.Namespace) -> Rules:
+    return Rules(
+        max_nodata=args.max_nodata / 100, max_cloud=args.max_cloud / 100, max_cloudshadow=args.max_cloudshadow / 100,
+        max_snow=args.max_snow / 100, zone_overlap=args.zone_overlap / 100, bands=args.bands,
+        shard_size=args.shard_size,
+    )
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildOptions, build_corpus
+
+    options = BuildOptions(
+        source=args.source, out=args.out, query=_query(args), rules=_rules(args), workers=args.workers,
+        scheduler=args.scheduler, progress=not args.quiet,
+    )
+    manifest = build_corpus(options)
+    print(f"published {args.out} version {manifest['version']}: {manifest['n_obs']} observations at "
+          f"{manifest['n_locations']} locations in {manifest['n_shards']} shards")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from pipeline.info import corpus_summary, format_summary
+    from pipeline.reader import CorpusReader
+
+    summary = corpus_summary(CorpusReader(args.corpus, args.version))
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.reader import CorpusReader
+    from pipeline.verify import verify_corpus
+
+    reader = CorpusReader(args.corpus, args.version)
+    problems = verify_corpus(reader)
+    for problem in problems:
+        print(f"MISMATCH {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.corpus} version {reader.version}: {reader.manifest['n_shards']} shards and "
+          f"{reader.manifest['n_obs']} observations verified")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.export import export_spectralearth
+    from pipeline.reader import CorpusReader
+
+    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=True)
+    print(f"wrote {count} patches to {args.dest / 'enmap'}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from catalog.synth import write_bad_products, write_example
+
+    example = write_example(args.outdir, seed=args.seed, replicas=args.replicas)
+    if args.with_bad:
+        write_bad_products(example.archive, seed=args.seed)
+    print(f"wrote {len(example.products)} products to {example.archive} and STAC items to {example.stac_items}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from catalog.synth import write_example
+
+    from pipeline.build import BuildOptions, build_corpus
+    from pipeline.info import corpus_summary, format_summary
+    from pipeline.reader import CorpusReader
+
+    products, corpus = args.directory / "products", args.directory / "corpus"
+    if (corpus / "CURRENT").exists():
+        print(f"{corpus} already built; showing it (remove {args.directory} to start again)")
+    else:
+        example = write_example(products)
+        print(f"wrote {len(example.products)} example products to {example.archive}")
+        build_corpus(BuildOptions(source=str(example.archive), out=corpus, query=SceneQuery(), rules=Rules(),
+                                  workers=args.workers))
+    print(format_summary(corpus_summary(CorpusReader(corpus))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Summarise a corpus version: what was used, what each rule dropped, what was written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from catalog.scenes import OK
+from pipeline.reader import CorpusReader
+from stages.plan import DROP_REASONS
+
+
+def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
+    """The figures ``spectral-corpus info`` prints, as a JSON-ready dict."""
+    scenes = reader.table("scenes")
+    candidates = reader.table("candidates")
+    observations = reader.table("observations")
+    shards = reader.table("shards")
+    stack = observations.groupby("location_id").size()
+    rejected = scenes[scenes["status"] != OK]
+    dropped = candidates["drop_reason"].value_counts()
+    nbytes, raw = int(shards["nbytes"].sum()), int(shards["raw_bytes"].sum())
+    return {
+        "corpus": str(reader.paths.root),
+        "version": reader.version,
+        "scenes": {
+            "total": len(scenes),
+            "used": int((scenes["status"] == OK).sum()),
+            "rejected": len(rejected),
+            "rejected_scenes": dict(zip(rejected["product"], rejected["reason"], strict=True)),
+        },
+        "candidates": len(candidates),
+        "dropped": {reason: int(dropped.get(reason, 0)) for reason in DROP_REASONS},
+        "locations": len(stack),
+        "observations": len(observations),
+        "multitemporal_locations": int((stack > 1).sum()),
+        "longest_stack": int(stack.max()) if len(stack) else 0,
+        "bands": int(reader.patches.shape[1]),
+        "shards": len(shards),
+        "bytes_on_disk": nbytes,
+        "compression_ratio": round(nbytes / raw, 4) if raw else None,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as aligned text lines."""
+    scenes = summary["scenes"]
+    lines = [
+        f"corpus                  {summary['corpus']} (version {summary['version']})",
+        f"scenes                  {scenes['total']} found, {scenes['used']} used, {scenes['rejected']} rejected",
+        *(f"  rejected {product}: {reason}" for product, reason in scenes["rejected_scenes"].items()),
+        f"candidate observations  {summary['candidates']}",
+        *(f"  dropped by {reason:<13} {count}" for reason, count in summary["dropped"].items()),
+        f"locations               {summary['locations']}",
+        f"observations            {summary['observations']}",
+        f"multi-temporal          {summary['multitemporal_locations']} locations, longest stack "
+        f"{summary['longest_stack']}",
+        f"bands                   {summary['bands']}",
+        f"shards                  {summary['shards']}",
+        f"bytes on disk           {summary['bytes_on_disk']:,} (compression ratio {summary['compression_ratio']} "
+        "of raw int16)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Publish a corpus version in one atomic step.
+
+Tables go into a fresh ``versions/vNNNN`` directory (renamed into place whole), then ``CURRENT`` is
+replaced atomically: until that last rename a reader sees the previous version, never a half.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+
+from stages.store import FORMAT_NAME, FORMAT_VERSION, CorpusPaths, sha256_file, write_json_atomic
+
+TABLES = ("scenes", "locations", "observations", "candidates", "shards")
+
+
+@dataclass(frozen=True)
+class VersionTables:
+    """The tables of one corpus version."""
+
+    scenes: gpd.GeoDataFrame
+    locations: gpd.GeoDataFrame
+    observations: pd.DataFrame
+    candidates: pd.DataFrame
+    shards: pd.DataFrame
+
+
+def commit_version(paths: CorpusPaths, version: int, tables: VersionTables, metadata: dict[str, object]) -> dict:
+    """Write version ``version``'s tables and manifest, then point ``CURRENT`` at it."""
+    final = paths.version_dir(version)
+    if final.exists() and read_current(paths) != version:
+        shutil.rmtree(final)  # left by a commit that was killed before it published
+    staging = final.with_name(final.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in TABLES:
+        _write_table(getattr(tables, name), staging / f"{name}.parquet")
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_obs": len(tables.observations),
+        "n_locations": len(tables.locations),
+        "n_shards": len(tables.shards),
+        "tables": {name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
+    }
+    write_json_atomic(staging / "manifest.json", manifest)
+    write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
+    staging.rename(final)
+    write_json_atomic(paths.current, {"version": version})
+    return manifest
+
+
+def read_current(paths: CorpusPaths) -> int | None:
+    """The published version number, or None before the first commit."""
+    if not paths.current.exists():
+        return None
+    return int(json.loads(paths.current.read_text())["version"])
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    if isinstance(table, gpd.GeoDataFrame):
+        table.to_parquet(path, index=False, schema_version="1.0.0")
+    else:
+        table.to_parquet(path, index=False)

@@ -1,0 +1,179 @@
+"""Inspect one scene: validate the product and count flagged pixels in every grid cell.
+
+Reads the quality layers and the first band of the spectral image (the nodata mask), never the cube.
+A product that cannot be used yields a rejected result whose reason names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.errors import RasterioError
+
+from catalog.bands import N_BANDS, NODATA
+from catalog.product import REQUIRED_QUALITY
+from catalog.scenes import OK, REJECTED, SceneRecord
+from stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
+
+#: Columns of the candidate table (one row per grid cell wholly inside a scene).
+CANDIDATE_COLUMNS = [
+    "product",
+    "epsg",
+    "ix",
+    "iy",
+    "row",
+    "col",
+    "n_flagged",
+    "n_nodata",
+    "n_cloud",
+    "n_cloudshadow",
+    "n_snow",
+    "n_haze",
+    "n_cirrus",
+    "n_water",
+]
+
+
+_VSIZIP = re.compile(r"^/vsizip/(?P<archive>.+?\.zip)/(?P<member>.+)$", re.IGNORECASE)
+
+
+class ProductCheckError(ValueError):
+    """A product file fails a check; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """The outcome of inspecting one scene."""
+
+    product: str
+    status: str
+    reason: str = ""
+    epsg: int | None = None
+    candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CANDIDATE_COLUMNS))
+
+
+def inspect_scene(record: SceneRecord) -> InspectResult:
+    """Validate a scene and count its flagged pixels per cell; never raises for bad input."""
+    try:
+        epsg, flags = _read_flags(record)
+    except (ProductCheckError, GridError, RasterioError, OSError, zipfile.BadZipFile) as error:
+        return InspectResult(record.product, REJECTED, reason=str(error))
+    return InspectResult(record.product, OK, epsg=epsg, candidates=_count_cells(record.product, epsg, flags))
+
+
+@dataclass(frozen=True)
+class _Flags:
+    transform: object
+    width: int
+    height: int
+    masks: dict[str, np.ndarray]
+
+
+def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
+    assets = record.asset_map
+    if "image" not in assets:
+        raise ProductCheckError(f"{record.product}: no spectral image asset")
+    missing = [key for key in REQUIRED_QUALITY if key not in assets]
+    if missing:
+        raise ProductCheckError(f"{record.product}: missing quality layer(s) {', '.join(missing)}")
+    href = assets["image"]
+    with rasterio.open(href) as image:
+        _check_image(image, href)
+        epsg = check_lattice(image.transform, image.crs, href)
+        if record.epsg is not None and record.epsg != epsg:
+            raise ProductCheckError(f"{href}: image CRS EPSG:{epsg} disagrees with catalog EPSG:{record.epsg}")
+        nodata = image.read(1) == NODATA
+        shape, transform = image.shape, image.transform
+    layers = {key: _read_layer(assets[key], shape, transform) for key in REQUIRED_QUALITY}
+    masks = {
+        "nodata": nodata | (layers["pixelmask"] != 0) | (layers["quality_classes"] == 3),
+        "cloud": layers["quality_cloud"] != 0,
+        "cloudshadow": layers["quality_cloudshadow"] != 0,
+        "snow": layers["quality_snow"] != 0,
+        "haze": layers["quality_haze"] != 0,
+        "cirrus": layers["quality_cirrus"] != 0,
+        "water": layers["quality_classes"] == 2,
+    }
+    return epsg, _Flags(transform, shape[1], shape[0], masks)
+
+
+def _check_image(image: rasterio.DatasetReader, href: str) -> None:
+    if image.count != N_BANDS:
+        raise ProductCheckError(f"{href}: spectral image has {image.count} bands, expected {N_BANDS}")
+    if set(image.dtypes) != {"int16"}:
+        raise ProductCheckError(f"{href}: spectral image dtype {image.dtypes[0]}, expected int16")
+    if image.nodata is not None and image.nodata != NODATA:
+        raise ProductCheckError(f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
+    _check_blocks_present(image, href)
+
+
+def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
+    """Fail fast on a truncated GeoTIFF: every block must end inside the file."""
+    size = _file_size(href)
+    if size is None:
+        return
+    block_h, block_w = image.block_shapes[0]
+    n_y, n_x = math.ceil(image.height / block_h), math.ceil(image.width / block_w)
+    end = 0
+    for band in range(1, image.count + 1):
+        for i in range(n_x):
+            for j in range(n_y):
+                offset = image.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
+                length = image.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
+                if offset is not None and length is not None:
+                    end = max(end, int(offset) + int(length))
+    if end > size:
+        raise ProductCheckError(f"{href}: file is truncated ({size} bytes, image data extends to {end})")
+
+
+def _file_size(href: str) -> int | None:
+    """Size of a local file or of a ZIP member (``/vsizip/archive.zip/member``); None when remote."""
+    zipped = _VSIZIP.match(href)
+    if zipped:
+        with zipfile.ZipFile(zipped["archive"]) as zf:
+            return zf.getinfo(zipped["member"]).file_size
+    if "://" in href:
+        return None
+    return os.path.getsize(href)
+
+
+def _read_layer(href: str, shape: tuple[int, int], transform: object) -> np.ndarray:
+    with rasterio.open(href) as layer:
+        if layer.shape != shape or layer.transform != transform:
+            raise ProductCheckError(f"{href}: quality layer grid {layer.shape} differs from the image {shape}")
+        return layer.read(1)
+
+
+def _count_cells(product: str, epsg: int, flags: _Flags) -> pd.DataFrame:
+    grid = cell_windows(flags.transform, flags.width, flags.height)  # type: ignore[arg-type]
+    if grid.n_rows == 0 or grid.n_cols == 0:
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    rows = slice(grid.row0, grid.row0 + PATCH_PX * grid.n_rows)
+    cols = slice(grid.col0, grid.col0 + PATCH_PX * grid.n_cols)
+
+    def per_cell(mask: np.ndarray) -> np.ndarray:
+        blocks = mask[rows, cols].reshape(grid.n_rows, PATCH_PX, grid.n_cols, PATCH_PX)
+        return blocks.sum(axis=(1, 3), dtype=np.int64).ravel()
+
+    flagged = np.logical_or.reduce([m for name, m in flags.masks.items() if name != "water"])
+    cells = np.array(grid.cells(), dtype=np.int64).reshape(-1, 4)
+    table = pd.DataFrame(
+        {
+            "product": product,
+            "epsg": epsg,
+            "ix": cells[:, 0],
+            "iy": cells[:, 1],
+            "row": cells[:, 2],
+            "col": cells[:, 3],
+            "n_flagged": per_cell(flagged),
+            **{f"n_{name}": per_cell(mask) for name, mask in flags.masks.items()},
+        }
+    )
+    return table[CANDIDATE_COLUMNS]

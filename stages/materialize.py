@@ -1,0 +1,87 @@
+"""Materialize one shard: read only the windows it needs, drop bands, write the shard whole.
+
+One task per shard, and no two tasks write the same shard. Memory is bounded by the shard
+(``shard_size`` patches) plus the bounding window of its cells in one scene at a time.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import zarr
+from rasterio.windows import Window
+
+from stages.grid import PATCH_PX
+from stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a materialize task wrote, and what it cost."""
+
+    shard: int
+    first_obs: int
+    n_obs: int
+    nbytes: int
+    raw_bytes: int
+    sha256: str
+    read_seconds: float
+    write_seconds: float
+    peak_rss_mb: float
+
+
+def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> ShardResult:
+    """Cut the patches of one shard from their scenes and write the shard file, then its marker.
+
+    ``rows`` holds the shard's observations with ``obs``, ``href`` (spectral image), ``row`` and
+    ``col`` (the patch's upper-left pixel in the scene). ``bands`` are 1-based band numbers.
+    """
+    paths = CorpusPaths(corpus)
+    rows = rows.sort_values("obs")
+    first = int(rows["obs"].iloc[0])
+    if not np.array_equal(rows["obs"].to_numpy(), np.arange(first, first + len(rows))):
+        raise ValueError(f"shard {shard}: observations are not contiguous")
+    started = time.perf_counter()
+    patches = np.empty((len(rows), len(bands), PATCH_PX, PATCH_PX), dtype=np.int16)
+    for href, group in rows.groupby("href", sort=True):
+        _cut_patches(str(href), group, bands, patches, first)
+    read_seconds = time.perf_counter() - started
+    array = zarr.open_array(paths.zarr, path=PATCHES, mode="r+")
+    array[first : first + len(rows)] = patches
+    write_seconds = time.perf_counter() - started - read_seconds
+    result = ShardResult(
+        shard=shard,
+        first_obs=first,
+        n_obs=len(rows),
+        nbytes=paths.shard_file(shard).stat().st_size,
+        raw_bytes=patches.nbytes,
+        sha256=sha256_file(paths.shard_file(shard)),
+        read_seconds=read_seconds,
+        write_seconds=write_seconds,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    write_json_atomic(shard_marker(paths, shard), asdict(result))
+    return result
+
+
+def shard_marker(paths: CorpusPaths, shard: int) -> Path:
+    """The marker a finished shard leaves in the build state."""
+    return paths.build / "shards" / f"{shard:06d}.json"
+
+
+def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndarray, first: int) -> None:
+    """Read the bounding window of ``group``'s cells in one scene once, then slice each patch."""
+    row0, col0 = int(group["row"].min()), int(group["col"].min())
+    height = int(group["row"].max()) + PATCH_PX - row0
+    width = int(group["col"].max()) + PATCH_PX - col0
+    with rasterio.open(href) as image:
+        block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
+    for obs, row, col in zip(group["obs"], group["row"], group["col"], strict=True):
+        r, c = int(row) - row0, int(col) - col0
+        out[int(obs) - first] = block[:, r : r + PATCH_PX, c : c + PATCH_PX]

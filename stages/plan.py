@@ -1,0 +1,151 @@
+"""Plan the corpus: filter candidates, resolve duplicates, assign locations, shards and slots.
+
+Cheap and global: works on the candidate table only (one row per cell of every inspected scene).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import Transformer
+
+from stages.grid import CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
+from stages.rules import Rules
+
+KEY = ["epsg", "ix", "iy"]
+#: Reasons an observation is dropped, in the order they are decided.
+DROP_REASONS = ("nodata", "cloud", "cloudshadow", "snow", "duplicate", "zone_overlap")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planned corpus: every candidate with its fate, the kept observations and their locations."""
+
+    candidates: pd.DataFrame
+    observations: pd.DataFrame
+    locations: gpd.GeoDataFrame
+
+
+def plan_corpus(
+    candidates: pd.DataFrame,
+    scenes: pd.DataFrame,
+    rules: Rules,
+    known_locations: pd.DataFrame | None = None,
+    first_obs: int = 0,
+) -> Plan:
+    """Decide every candidate's fate and lay out the kept observations.
+
+    ``scenes`` gives ``product``, ``datatake``, ``tile`` and ``acquired`` of each inspected scene.
+    ``known_locations`` (``location_id`` + key) keeps existing ids stable; new cells get new ids.
+    Observations are ordered location-major, locations in spatial blocks, and numbered from
+    ``first_obs`` (a shard boundary) into shards of ``rules.shard_size``.
+    """
+    table = candidates.merge(scenes[["product", "datatake", "tile", "acquired"]], on="product", how="left")
+    table["drop_reason"] = _threshold_reasons(table, rules)
+    _mark_duplicates(table)
+    _mark_zone_overlaps(table, rules.zone_overlap)
+    kept = table[table["drop_reason"] == ""]
+    locations = _assign_locations(kept, known_locations)
+    observations = _layout(kept, locations, rules, first_obs)
+    return Plan(table.sort_values(["product", "iy", "ix"], ascending=[True, False, True]), observations, locations)
+
+
+def _threshold_reasons(table: pd.DataFrame, rules: Rules) -> pd.Series:
+    reasons = pd.Series("", index=table.index, dtype=object)
+    for flag, maximum in reversed(list(rules.thresholds().items())):
+        reasons[table[f"n_{flag}"] / PATCH_PX**2 > maximum] = flag
+    return reasons
+
+
+def _mark_duplicates(table: pd.DataFrame) -> None:
+    """Overlapping tiles of one datatake: keep the cell with fewest flagged pixels, then lowest tile."""
+    alive = table[table["drop_reason"] == ""].sort_values(["n_flagged", "tile", "product"])
+    losers = alive.duplicated(subset=["datatake", *KEY], keep="first")
+    table.loc[losers[losers].index, "drop_reason"] = "duplicate"
+
+
+def _mark_zone_overlaps(table: pd.DataFrame, min_share: float) -> None:
+    """Cells of different UTM zones overlapping by more than ``min_share``: keep the nearer zone's."""
+    alive = table["drop_reason"] == ""
+    cells = table.loc[alive, KEY].drop_duplicates()
+    losers = zone_overlap_losers(cells, min_share)
+    if losers.empty:
+        return
+    lost = table[KEY].merge(losers.assign(_lost=True), on=KEY, how="left")["_lost"].fillna(False).to_numpy()
+    table.loc[alive & lost, "drop_reason"] = "zone_overlap"
+
+
+def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
+    """The cells (``epsg, ix, iy``) that overlap a cell of another zone whose meridian is nearer."""
+    if cells["epsg"].nunique() < 2:
+        return cells.iloc[0:0][KEY]
+    footprints = cell_footprints(cells)
+    pairs = gpd.sjoin(footprints, footprints, predicate="intersects")
+    pairs = pairs[pairs["epsg_left"] < pairs["epsg_right"]]
+    losers = []
+    for left, right in zip(pairs.index, pairs["index_right"], strict=True):
+        a, b = footprints.loc[left], footprints.loc[right]
+        overlap = a.geometry.intersection(b.geometry)
+        if _share_of_cell(overlap, int(a["epsg"])) <= min_share:
+            continue
+        lon = overlap.centroid.x
+        a_far = abs(lon - central_meridian(int(a["epsg"]))) > abs(lon - central_meridian(int(b["epsg"])))
+        losers.append(a if a_far else b)
+    if not losers:
+        return cells.iloc[0:0][KEY]
+    return pd.DataFrame(losers)[KEY].drop_duplicates().astype("int64").reset_index(drop=True)
+
+
+def cell_footprints(cells: pd.DataFrame) -> gpd.GeoDataFrame:
+    """Cell outlines in lon/lat (densified), one row per ``epsg, ix, iy``."""
+    geometries = []
+    for epsg, group in cells.groupby("epsg", sort=False):
+        to_lonlat = Transformer.from_crs(int(epsg), 4326, always_xy=True)
+        for ix, iy in zip(group["ix"], group["iy"], strict=True):
+            ring = cell_polygon_xy(int(ix), int(iy))
+            lon, lat = to_lonlat.transform(ring[:, 0], ring[:, 1])
+            geometries.append((epsg, ix, iy, shapely.Polygon(np.column_stack([lon, lat]))))
+    frame = pd.DataFrame(geometries, columns=[*KEY, "geometry"])
+    return gpd.GeoDataFrame(frame[KEY], geometry=frame["geometry"].to_list(), crs="EPSG:4326")
+
+
+def _share_of_cell(overlap_lonlat: shapely.Geometry, epsg: int) -> float:
+    if overlap_lonlat.is_empty:
+        return 0.0
+    to_utm = Transformer.from_crs(4326, epsg, always_xy=True)
+    projected = shapely.transform(overlap_lonlat, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
+    return float(projected.area) / CELL_M**2
+
+
+def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.GeoDataFrame:
+    """Known cells keep their ``location_id``; new cells get the next ids in key order."""
+    cells = kept[KEY].drop_duplicates().sort_values(KEY)
+    known = known[["location_id", *KEY]] if known is not None else pd.DataFrame(columns=["location_id", *KEY])
+    cells = cells.merge(known.astype("int64"), on=KEY, how="left")
+    new = cells["location_id"].isna()
+    start = int(known["location_id"].max()) + 1 if len(known) else 0
+    cells.loc[new, "location_id"] = np.arange(start, start + int(new.sum()))
+    cells["location_id"] = cells["location_id"].astype("int64")
+    origin = np.array([cell_origin(ix, iy) for ix, iy in zip(cells["ix"], cells["iy"], strict=True)]).reshape(-1, 2)
+    cells["x"] = origin[:, 0] + CELL_M / 2
+    cells["y"] = origin[:, 1] - CELL_M / 2
+    footprints = cell_footprints(cells)
+    located = cells.reset_index(drop=True)
+    return gpd.GeoDataFrame(located, geometry=footprints.geometry.to_list(), crs="EPSG:4326")
+
+
+def _layout(kept: pd.DataFrame, locations: pd.DataFrame, rules: Rules, first_obs: int) -> pd.DataFrame:
+    """Order observations location-major in spatial blocks of cells, then number shards and slots."""
+    table = kept.merge(locations[["location_id", *KEY, "x", "y"]], on=KEY)
+    block = rules.block_cells
+    table = table.assign(_by=-(table["iy"] // block), _bx=table["ix"] // block, _iy=-table["iy"])
+    table = table.sort_values(["epsg", "_by", "_bx", "_iy", "ix", "acquired", "product"])
+    table = table.drop(columns=["_by", "_bx", "_iy", "drop_reason"]).reset_index(drop=True)
+    table["obs"] = np.arange(first_obs, first_obs + len(table), dtype=np.int64)
+    table["shard"] = table["obs"] // rules.shard_size
+    table["slot"] = table["obs"] % rules.shard_size
+    return table

@@ -1,0 +1,135 @@
+"""The corpus on disk: paths, the Zarr v3 patch array and its codecs.
+
+```
+CORPUS/
+  patches.zarr/          Zarr v3 group: patches (obs, band, y, x) int16, sharded along obs,
+                         one inner chunk per patch; band coordinates wavelength, fwhm, band
+  versions/vNNNN/        immutable tables of version N: scenes, locations, observations, shards
+                         (Parquet / GeoParquet) and manifest.json
+  CURRENT                the name of the published version (replaced atomically)
+  corpus.json            format name and version, rules, bands, source
+  _build/                work state of a running build (resumable); removed on commit
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
+
+from stages.grid import PATCH_PX
+
+FORMAT_NAME = "spectral-corpus"
+FORMAT_VERSION = 1
+PATCHES = "patches"
+#: Inner-chunk compression: blosc zstd with byte shuffle (lossless; any Zarr v3 reader decodes it).
+PATCH_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle, typesize=2)
+
+
+@dataclass(frozen=True)
+class CorpusPaths:
+    """Where each part of a corpus lives."""
+
+    root: Path
+
+    @property
+    def zarr(self) -> Path:
+        return self.root / "patches.zarr"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "CURRENT"
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / "corpus.json"
+
+    @property
+    def build(self) -> Path:
+        return self.root / "_build"
+
+    def version_dir(self, version: int) -> Path:
+        return self.versions / f"v{version:04d}"
+
+    def shard_file(self, shard: int) -> Path:
+        """The file holding shard ``shard`` of the patch array (default v3 chunk key encoding)."""
+        return self.zarr / PATCHES / "c" / str(shard) / "0" / "0" / "0"
+
+
+def create_patch_array(
+    path: Path, n_obs: int, wavelengths: np.ndarray, fwhm: np.ndarray, bands: np.ndarray, shard_size: int
+) -> zarr.Array:
+    """Create (or open, if it has this layout) the patch array and its band coordinates."""
+    root = zarr.open_group(path, mode="a", zarr_format=3)
+    if PATCHES in root:
+        array = root[PATCHES]
+        assert isinstance(array, zarr.Array)
+        if array.shape[1:] != (len(bands), PATCH_PX, PATCH_PX) or array.shape[0] < n_obs:
+            raise ValueError(f"{path}: existing patch array {array.shape} does not fit {n_obs} observations")
+        return array
+    array = root.create_array(
+        PATCHES,
+        shape=(n_obs, len(bands), PATCH_PX, PATCH_PX),
+        chunks=(1, len(bands), PATCH_PX, PATCH_PX),
+        shards=(shard_size, len(bands), PATCH_PX, PATCH_PX),
+        dtype="int16",
+        fill_value=-32768,
+        serializer=BytesCodec(endian="little"),
+        compressors=[PATCH_COMPRESSOR],
+        dimension_names=["obs", "band", "y", "x"],
+        attributes={"units": "reflectance x 10000", "scale_factor_reflectance": 1e-4, "nodata": -32768},
+    )
+    _band_coordinate(root, "wavelength", wavelengths / 1000.0, {"units": "micrometre"})
+    _band_coordinate(root, "fwhm", fwhm / 1000.0, {"units": "micrometre"})
+    _band_coordinate(root, "band", bands.astype("int16"), {"long_name": "EnMAP L2A band number (1-based)"})
+    return array
+
+
+def _band_coordinate(root: zarr.Group, name: str, values: np.ndarray, attributes: dict[str, Any]) -> None:
+    array = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=["band"],
+                              attributes=attributes, compressors=None)
+    array[:] = values
+
+
+def write_obs_coordinates(path: Path, columns: dict[str, np.ndarray], attributes: dict[str, dict[str, Any]]) -> None:
+    """(Re)write the per-observation coordinate arrays (small: one value per patch)."""
+    root = zarr.open_group(path, mode="a", zarr_format=3)
+    for name, values in columns.items():
+        array = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=["obs"],
+                                  chunks=(max(1, min(len(values), 1 << 16)),), attributes=attributes.get(name, {}),
+                                  overwrite=True)
+        array[:] = values
+    root[PATCHES].attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
+    zarr.consolidate_metadata(path)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 23):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
