@@ -190,8 +190,7 @@ def metadata_from_xml(data: bytes, source: str) -> ProductMetadata:
             snow_cover=float(_field(root, "product/quality/snowCover")),
             quality=float(_field(root, "product/quality/overallQuality")),
             corners=tuple(
-                (float(_field(corners[c], "longitude")), float(_field(corners[c], "latitude")))
-                for c in _CORNERS
+                (float(_field(corners[c], "longitude")), float(_field(corners[c], "latitude"))) for c in _CORNERS
             ),
             wavelengths_nm=tuple(float(_field(b, "wavelengthCenterOfBand")) for b in bands),
             fwhm_nm=tuple(float(_field(b, "FWHMOfBand")) for b in bands),

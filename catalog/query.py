@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -84,8 +85,8 @@ class SceneQuery:
         verdicts = (
             self._place_passes(record),
             self._time_passes(record),
-            _at_most(record.cloud_cover, self.max_cloud),
-            _at_most(self.min_quality, record.quality),
+            _within(record.cloud_cover, self.max_cloud, operator.le),
+            _within(record.quality, self.min_quality, operator.ge),
         )
         return False not in verdicts if unknown_passes else all(v is True for v in verdicts)
 
@@ -120,11 +121,11 @@ class SceneQuery:
         )
 
 
-def _at_most(value: float | None, limit: float | None) -> bool | None:
-    """``value <= limit``; True when there is no limit, None when the value is unknown."""
-    if limit is None:
+def _within(value: float | None, bound: float | None, passes: Callable[[float, float], bool]) -> bool | None:
+    """``passes(value, bound)``; True when there is no bound, None when the value is unknown."""
+    if bound is None:
         return True
-    return None if value is None else value <= limit
+    return None if value is None else passes(value, bound)
 
 
 def read_aoi(path: Path) -> BaseGeometry:

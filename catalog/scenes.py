@@ -93,6 +93,8 @@ def _superseded(record: SceneRecord, newest: dict[tuple[int, int], SceneRecord])
     winner = newest[(record.datatake, record.tile)]
     if winner is record:
         return record
+    if winner.product == record.product:
+        return replace(record, status=REJECTED, reason=f"another copy of this product is used: {winner.source}")
     return replace(record, status=REJECTED, reason=f"superseded by newer processor version {winner.product}")
 
 

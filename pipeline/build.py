@@ -8,6 +8,7 @@ same corpus; ``_build`` is removed once the version is published.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -18,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from catalog.sources import find_scenes
 from distributed import Client, LocalCluster, as_completed
 from tqdm import tqdm
 
 from catalog.bands import band_table, selected_bands
 from catalog.query import SceneQuery
 from catalog.scenes import OK, REJECTED, read_scene_table, records_from_table, scene_table, write_scene_table
+from catalog.sources import find_scenes
 from stages.commit import VersionTables, commit_version, read_current
 from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
 from stages.materialize import ShardResult, materialize_shard, shard_marker
@@ -67,8 +68,12 @@ def build_corpus(options: BuildOptions) -> dict[str, Any]:
         bands = selected_bands(options.rules.bands)
         table = band_table().set_index("band").loc[bands]
         create_patch_array(
-            paths.zarr, len(plan.observations), table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(),
-            bands, options.rules.shard_size,
+            paths.zarr,
+            len(plan.observations),
+            table["center_nm"].to_numpy(),
+            table["fwhm_nm"].to_numpy(),
+            bands,
+            options.rules.shard_size,
         )
         shards = _materialize(client, paths, scenes, plan, bands, options.progress)
     manifest = _commit(paths, options, scenes, inspected, plan, shards)
@@ -84,7 +89,13 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
             yield client
         return
     with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
         Client(cluster) as client,
     ):
         yield client
@@ -158,7 +169,7 @@ def _materialize(
     client: Client, paths: CorpusPaths, scenes: pd.DataFrame, plan: Plan, bands: np.ndarray, progress: bool
 ) -> pd.DataFrame:
     """Write every shard that has no marker yet; return the table of all shards."""
-    hrefs = {p: json.loads(a)["image"] for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    hrefs = {p: json.loads(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
     observations = plan.observations.assign(href=plan.observations["product"].map(hrefs))
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
@@ -173,8 +184,9 @@ def _materialize(
     return pd.DataFrame([asdict(r) for r in results], columns=[f for f in ShardResult.__dataclass_fields__])
 
 
-def _run(client: Client, tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]], desc: str,
-         progress: bool) -> list[Any]:
+def _run(
+    client: Client, tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]], desc: str, progress: bool
+) -> list[Any]:
     """Run tasks on the cluster with a progress bar; fail with the first task's error."""
     futures = [client.submit(fn, *args, key=key, pure=False) for key, fn, args in tasks]
     results = []
@@ -217,7 +229,10 @@ def _commit(
         "source": options.source,
         "query": options.query.as_dict(),
         "rules": options.rules.as_dict(),
-        "bands": band_table().set_index("band").loc[selected_bands(options.rules.bands)].reset_index()
+        "bands": band_table()
+        .set_index("band")
+        .loc[selected_bands(options.rules.bands)]
+        .reset_index()
         .to_dict(orient="list"),
     }
     tables = VersionTables(scenes, plan.locations, observations, plan.candidates, shards)
@@ -229,10 +244,11 @@ def _scene_outcomes(scenes: pd.DataFrame, inspected: list[InspectResult], plan: 
     scenes = scenes.sort_values("product").reset_index(drop=True)
     rejected = {r.product: r.reason for r in inspected if r.status == REJECTED}
     epsg = {r.product: r.epsg for r in inspected if r.epsg is not None}
-    scenes["status"] = [REJECTED if p in rejected else s for p, s in zip(scenes["product"], scenes["status"],
-                                                                             strict=True)]
+    scenes["status"] = [
+        REJECTED if p in rejected else s for p, s in zip(scenes["product"], scenes["status"], strict=True)
+    ]
     scenes["reason"] = [rejected.get(p, r) for p, r in zip(scenes["product"], scenes["reason"], strict=True)]
-    scenes["epsg"] = scenes["product"].map(epsg).fillna(scenes["epsg"]).astype("Int64")
+    scenes["epsg"] = scenes["product"].map(epsg).astype("Int64").fillna(scenes["epsg"])
     scenes.insert(0, "scene_id", np.arange(len(scenes), dtype=np.int64))
     scenes["n_candidates"] = scenes["product"].map(plan.candidates["product"].value_counts()).fillna(0).astype(int)
     scenes["n_observations"] = scenes["product"].map(plan.observations["product"].value_counts()).fillna(0).astype(int)
@@ -244,7 +260,21 @@ def _observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.D
     table = observations.merge(scenes[["product", "scene_id"]], on="product", how="left")
     fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PIXELS).astype("float32") for flag in FLAGS}
     table = table.assign(**fractions)
-    columns = ["obs", "shard", "slot", "location_id", "scene_id", "product", "acquired", "epsg", "ix", "iy",
-               "row", "col", "x", "y", *fractions]
+    columns = [
+        "obs",
+        "shard",
+        "slot",
+        "location_id",
+        "scene_id",
+        "product",
+        "acquired",
+        "epsg",
+        "ix",
+        "iy",
+        "row",
+        "col",
+        "x",
+        "y",
+        *fractions,
+    ]
     return table[columns].sort_values("obs").reset_index(drop=True)
-

@@ -87,24 +87,43 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bands", type=int, choices=(202, 224), default=defaults.bands)
     for flag in ("nodata", "cloud", "cloudshadow", "snow"):
         default = getattr(defaults, f"max_{flag}") * 100
-        parser.add_argument(f"--max-{flag}", type=float, default=default, metavar="PCT",
-                            help=f"drop a patch whose {flag} pixels exceed PCT %% (default {default:g})")
-    parser.add_argument("--zone-overlap", type=float, default=defaults.zone_overlap * 100, metavar="PCT",
-                        help="cells of two UTM zones overlapping more than PCT %% are one place (default 1)")
+        parser.add_argument(
+            f"--max-{flag}",
+            type=float,
+            default=default,
+            metavar="PCT",
+            help=f"drop a patch whose {flag} pixels exceed PCT %% (default {default:g})",
+        )
+    parser.add_argument(
+        "--zone-overlap",
+        type=float,
+        default=defaults.zone_overlap * 100,
+        metavar="PCT",
+        help="cells of two UTM zones overlapping more than PCT %% are one place (default 1)",
+    )
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
 
 
 def _query(args: argparse.Namespace) -> SceneQuery:
     return SceneQuery.from_options(
-        collection=args.collection, bbox=args.bbox, aoi_path=args.aoi, start=args.start, end=args.end,
-        max_cloud=args.max_scene_cloud, min_quality=args.min_quality,
+        collection=args.collection,
+        bbox=args.bbox,
+        aoi_path=args.aoi,
+        start=args.start,
+        end=args.end,
+        max_cloud=args.max_scene_cloud,
+        min_quality=args.min_quality,
     )
 
 
 def _rules(args: argparse.Namespace) -> Rules:
     return Rules(
-        max_nodata=args.max_nodata / 100, max_cloud=args.max_cloud / 100, max_cloudshadow=args.max_cloudshadow / 100,
-        max_snow=args.max_snow / 100, zone_overlap=args.zone_overlap / 100, bands=args.bands,
+        max_nodata=args.max_nodata / 100,
+        max_cloud=args.max_cloud / 100,
+        max_cloudshadow=args.max_cloudshadow / 100,
+        max_snow=args.max_snow / 100,
+        zone_overlap=args.zone_overlap / 100,
+        bands=args.bands,
         shard_size=args.shard_size,
     )
 
@@ -113,12 +132,19 @@ def _build(args: argparse.Namespace) -> int:
     from pipeline.build import BuildOptions, build_corpus
 
     options = BuildOptions(
-        source=args.source, out=args.out, query=_query(args), rules=_rules(args), workers=args.workers,
-        scheduler=args.scheduler, progress=not args.quiet,
+        source=args.source,
+        out=args.out,
+        query=_query(args),
+        rules=_rules(args),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
     )
     manifest = build_corpus(options)
-    print(f"published {args.out} version {manifest['version']}: {manifest['n_obs']} observations at "
-          f"{manifest['n_locations']} locations in {manifest['n_shards']} shards")
+    print(
+        f"published {args.out} version {manifest['version']}: {manifest['n_obs']} observations at "
+        f"{manifest['n_locations']} locations in {manifest['n_shards']} shards"
+    )
     return 0
 
 
@@ -141,8 +167,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"MISMATCH {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"{args.corpus} version {reader.version}: {reader.manifest['n_shards']} shards and "
-          f"{reader.manifest['n_obs']} observations verified")
+    print(
+        f"{args.corpus} version {reader.version}: {reader.manifest['n_shards']} shards and "
+        f"{reader.manifest['n_obs']} observations verified"
+    )
     return 0
 
 
@@ -167,7 +195,6 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from catalog.synth import write_example
-
     from pipeline.build import BuildOptions, build_corpus
     from pipeline.info import corpus_summary, format_summary
     from pipeline.reader import CorpusReader
@@ -178,8 +205,11 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         example = write_example(products)
         print(f"wrote {len(example.products)} example products to {example.archive}")
-        build_corpus(BuildOptions(source=str(example.archive), out=corpus, query=SceneQuery(), rules=Rules(),
-                                  workers=args.workers))
+        build_corpus(
+            BuildOptions(
+                source=str(example.archive), out=corpus, query=SceneQuery(), rules=Rules(), workers=args.workers
+            )
+        )
     print(format_summary(corpus_summary(CorpusReader(corpus))))
     return 0
 

@@ -55,15 +55,18 @@ def _check_observations(reader: CorpusReader, observations: pd.DataFrame, shards
         problems.append("observations table lists an obs index twice")
     beyond = observations[observations["obs"] >= reader.patches.shape[0]]
     problems += [f"observation {o}: beyond the patch array ({reader.patches.shape[0]} rows)" for o in beyond["obs"]]
-    misplaced = observations[(observations["shard"] != observations["obs"] // size)
-                             | (observations["slot"] != observations["obs"] % size)]
+    misplaced = observations[
+        (observations["shard"] != observations["obs"] // size) | (observations["slot"] != observations["obs"] % size)
+    ]
     problems += [f"observation {o}: shard/slot do not match its index" for o in misplaced["obs"]]
     counts = observations.groupby("shard").size()
     listed = shards.set_index("shard")["n_obs"]
     for shard in sorted(set(counts.index) | set(listed.index)):
         if counts.get(shard, 0) != listed.get(shard, 0):
-            problems.append(f"shard {shard}: {counts.get(shard, 0)} observations point at it, "
-                            f"shards table says {listed.get(shard, 0)}")
+            problems.append(
+                f"shard {shard}: {counts.get(shard, 0)} observations point at it, "
+                f"shards table says {listed.get(shard, 0)}"
+            )
     return problems
 
 
@@ -71,6 +74,8 @@ def _check_references(observations: pd.DataFrame, locations: pd.DataFrame, scene
     problems = []
     for column, table in (("location_id", locations), ("scene_id", scenes)):
         dangling = observations[~np.isin(observations[column], table[column])]
-        problems += [f"observation {o}: {column} {v} is not in the {column.split('_')[0]}s table"
-                     for o, v in zip(dangling["obs"], dangling[column], strict=True)]
+        problems += [
+            f"observation {o}: {column} {v} is not in the {column.split('_')[0]}s table"
+            for o, v in zip(dangling["obs"], dangling[column], strict=True)
+        ]
     return problems

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,9 @@ def create_patch_array(
 
 
 def _band_coordinate(root: zarr.Group, name: str, values: np.ndarray, attributes: dict[str, Any]) -> None:
-    array = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=["band"],
-                              attributes=attributes, compressors=None)
+    array = root.create_array(
+        name, shape=values.shape, dtype=values.dtype, dimension_names=["band"], attributes=attributes, compressors=None
+    )
     array[:] = values
 
 
@@ -107,12 +109,20 @@ def write_obs_coordinates(path: Path, columns: dict[str, np.ndarray], attributes
     """(Re)write the per-observation coordinate arrays (small: one value per patch)."""
     root = zarr.open_group(path, mode="a", zarr_format=3)
     for name, values in columns.items():
-        array = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=["obs"],
-                                  chunks=(max(1, min(len(values), 1 << 16)),), attributes=attributes.get(name, {}),
-                                  overwrite=True)
+        array = root.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=["obs"],
+            chunks=(max(1, min(len(values), 1 << 16)),),
+            attributes=attributes.get(name, {}),
+            overwrite=True,
+        )
         array[:] = values
     root[PATCHES].attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
-    zarr.consolidate_metadata(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(path)
 
 
 def sha256_file(path: Path) -> str:

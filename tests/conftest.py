@@ -35,8 +35,9 @@ def stac_url(example: Example, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def build(source: str | Path, out: Path, rules: Rules = TEST_RULES, query: SceneQuery | None = None) -> Path:
     """Build a corpus with two local Dask workers, no progress bars; return its path."""
-    build_corpus(BuildOptions(source=str(source), out=out, query=query or SceneQuery(), rules=rules,
-                              workers=2, progress=False))
+    build_corpus(
+        BuildOptions(source=str(source), out=out, query=query or SceneQuery(), rules=rules, workers=2, progress=False)
+    )
     return out
 
 

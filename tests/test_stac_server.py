@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
+
 from stac_server import stac_api
 
 COLLECTION_ID = "ENMAP_HSI_L2A"

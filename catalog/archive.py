@@ -1,0 +1,113 @@
+"""Scene records from a local archive of EnMAP L2A products (folders and ZIP files)."""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from shapely.geometry import Polygon
+
+from catalog.errors import ProductError
+from catalog.product import asset_key, is_product_name, metadata_from_xml
+from catalog.query import SceneQuery
+from catalog.scenes import OK, SceneRecord
+
+
+def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneRecord]:
+    """One record per product under ``root``, in path order; other files are ignored.
+
+    A product is a folder, or a ``.zip`` file, named after it. Asset hrefs are absolute paths, or
+    ``/vsizip/`` paths into ZIP files. Products that cannot be used give rejected records.
+    """
+    root = root.resolve()
+    records = (_record(path, root) for path in _products(root))
+    if query is None:
+        return list(records)
+    return [r for r in records if query.matches(r, unknown_passes=r.status != OK)]
+
+
+def _products(folder: Path) -> Iterator[Path]:
+    """Product folders and ZIP files under ``folder``, depth first in name order."""
+    for path in sorted(folder.iterdir()):
+        is_zip = path.suffix.lower() == ".zip" and path.is_file()
+        if is_product_name(path.stem if is_zip else path.name) and (is_zip or path.is_dir()):
+            yield path
+        elif path.is_dir() and not path.is_symlink():
+            yield from _products(path)
+
+
+def _record(path: Path, root: Path) -> SceneRecord:
+    """The record of a product folder or ZIP file; rejected if it, or a file in it, links out of root."""
+    name = path.stem if path.is_file() else path.name
+    for entry in [path, *([] if path.is_file() else sorted(path.iterdir()))]:
+        if not entry.resolve().is_relative_to(root):
+            reason = f"symlink '{entry.name}' resolves outside the archive root"
+            return SceneRecord.rejected(name, str(path), reason)
+    return _zip_record(path) if path.is_file() else _folder_record(path)
+
+
+def _folder_record(folder: Path) -> SceneRecord:
+    name, source = folder.name, str(folder)
+    files = sorted(folder.iterdir())
+    hrefs = {key: str(path) for path in files if (key := asset_key(path.name, name)) and path.is_file()}
+    metadata = Path(hrefs["metadata"]).read_bytes() if "metadata" in hrefs else None
+    return _product_record(name, source, hrefs, metadata)
+
+
+def _zip_record(path: Path) -> SceneRecord:
+    name, source = path.stem, str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            unsafe = next((m for m in members if _is_unsafe(m)), None)
+            if unsafe is not None:
+                return SceneRecord.rejected(name, source, f"unsafe ZIP member {unsafe!r}")
+            assets = {key: m for m in members if (key := _member_key(m, name))}
+            metadata = archive.read(assets["metadata"]) if "metadata" in assets else None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        return SceneRecord.rejected(name, source, f"corrupt ZIP file ({error})")
+    hrefs = {key: f"/vsizip/{path}/{member}" for key, member in assets.items()}
+    return _product_record(name, source, hrefs, metadata)
+
+
+def _is_unsafe(member: str) -> bool:
+    """True for a member path that is absolute or climbs out of the extraction folder."""
+    posix, windows = PurePosixPath(member), PureWindowsPath(member)
+    return posix.is_absolute() or bool(windows.drive or windows.root) or ".." in windows.parts
+
+
+def _member_key(member: str, name: str) -> str | None:
+    """The asset key of a ZIP member ``<name>/<file>`` or ``<file>``."""
+    folder, _, filename = member.rpartition("/")
+    return asset_key(filename, name) if folder in ("", name) else None
+
+
+def _product_record(name: str, source: str, hrefs: dict[str, str], metadata: bytes | None) -> SceneRecord:
+    """A record from a product's files and METADATA.XML, or a rejected one saying what is wrong."""
+    if metadata is None:
+        return SceneRecord.rejected(name, source, "no METADATA.XML")
+    if "image" not in hrefs:
+        return SceneRecord.rejected(name, source, "no SPECTRAL_IMAGE file")
+    try:
+        meta = metadata_from_xml(metadata, source)
+    except ProductError as error:
+        return SceneRecord.rejected(name, source, str(error))
+    if meta.name != name:
+        return SceneRecord.rejected(name, source, f"METADATA.XML names product {meta.name!r}, not {name!r}")
+    return SceneRecord(
+        product=name,
+        source=source,
+        datatake=meta.datatake,
+        tile=meta.tile,
+        version=meta.version,
+        acquired=meta.acquired,
+        processed=meta.processed,
+        epsg=meta.epsg,
+        footprint=Polygon(meta.corners),
+        cloud_cover=meta.cloud_cover,
+        snow_cover=meta.snow_cover,
+        quality=meta.quality,
+        assets=tuple(sorted(hrefs.items())),
+    )

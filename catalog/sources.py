@@ -1,0 +1,35 @@
+"""One entry point for every kind of scene source: a STAC API, a static STAC file or a local archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from catalog.archive import index_archive
+from catalog.query import SceneQuery
+from catalog.scenes import SceneRecord, keep_newest
+from catalog.stac import read_static_stac, search_stac_api
+
+STATIC_SUFFIXES = (".json", ".geojson")
+
+
+def find_scenes(source: str, query: SceneQuery) -> list[SceneRecord]:
+    """Scene records from ``source`` that match ``query``, all but the newest version of each rejected.
+
+    ``source`` is an ``http(s)://`` STAC API URL, a ``.json``/``.geojson`` static STAC file, or a
+    directory holding EnMAP L2A product folders and ZIP files.
+    """
+    return keep_newest(_records(source, query))
+
+
+def _records(source: str, query: SceneQuery) -> list[SceneRecord]:
+    if source.lower().startswith(("http://", "https://")):
+        return search_stac_api(source, query)
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in STATIC_SUFFIXES:
+        return read_static_stac(path, query)
+    if path.is_dir():
+        return index_archive(path, query)
+    raise ValueError(
+        f"scene source {source!r} is not usable: SRC must be an http(s):// STAC API URL, an existing "
+        f"static STAC file ({', '.join(STATIC_SUFFIXES)}) or an existing directory of EnMAP L2A products"
+    )

@@ -1,0 +1,140 @@
+"""The grid and the plan stage on hand-made candidate tables (pure logic, no I/O)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from affine import Affine
+from pyproj import CRS
+
+from stages.grid import CELL_M, GridError, cell_origin, cell_windows, central_meridian, check_lattice
+from stages.inspect import CANDIDATE_COLUMNS
+from stages.plan import plan_corpus, zone_overlap_losers
+from stages.rules import Rules
+
+
+def test_cells_wholly_inside_a_raster_and_their_pixel_windows() -> None:
+    x0, y0 = cell_origin(10, 20)
+    # 10 px west of cell 10's edge and 5 px north of row 20's top; 128*3 + 30 px wide, 128*2 + 10 tall.
+    transform = Affine(30, 0, x0 - 300, 0, -30, y0 + 150)
+    grid = cell_windows(transform, 128 * 3 + 30, 128 * 2 + 10)
+    assert grid.cells() == [
+        (10, 20, 5, 10),
+        (11, 20, 5, 138),
+        (12, 20, 5, 266),
+        (10, 19, 133, 10),
+        (11, 19, 133, 138),
+        (12, 19, 133, 266),
+    ]
+    # A raster one pixel short of the last column loses that column of cells.
+    assert cell_windows(transform, 128 * 3 + 9, 128 * 2 + 10).n_cols == 2
+
+
+@pytest.mark.parametrize(
+    ("transform", "crs", "message"),
+    [
+        (Affine(30, 0, 20, 0, -30, 15), "EPSG:32632", "off the EnMAP lattice"),
+        (Affine(30, 0.5, 15, 0, -30, 15), "EPSG:32632", "not a north-up 30 m grid"),
+        (Affine(60, 0, 15, 0, -60, 15), "EPSG:32632", "not a north-up 30 m grid"),
+        (Affine(0.0003, 0, 9, 0, -0.0003, 52), "EPSG:4326", "not a projected UTM CRS"),
+        (Affine(30, 0, 15, 0, -30, 15), "EPSG:3035", "not a WGS 84 UTM zone"),
+    ],
+)
+def test_check_lattice_names_the_problem(transform: Affine, crs: str, message: str) -> None:
+    with pytest.raises(GridError, match=message) as error:
+        check_lattice(transform, CRS.from_user_input(crs), "scene.tif")
+    assert str(error.value).startswith("scene.tif: ")
+
+
+def test_central_meridians() -> None:
+    assert central_meridian(32632) == 9.0
+    assert central_meridian(32633) == 15.0
+    assert central_meridian(32733) == 15.0
+
+
+def _candidate(product: str, ix: int, iy: int, epsg: int = 32632, **counts: int) -> dict[str, object]:
+    row: dict[str, object] = {c: 0 for c in CANDIDATE_COLUMNS}
+    row.update(product=product, epsg=epsg, ix=ix, iy=iy, row=0, col=0, **{f"n_{k}": v for k, v in counts.items()})
+    row["n_flagged"] = sum(v for k, v in counts.items() if k != "water")
+    return row
+
+
+def _scenes(*specs: tuple[str, int, int, str]) -> pd.DataFrame:
+    return pd.DataFrame([{"product": p, "datatake": d, "tile": t, "acquired": pd.Timestamp(a)} for p, d, t, a in specs])
+
+
+def test_thresholds_drop_exactly_the_cells_beyond_them() -> None:
+    candidates = pd.DataFrame(
+        [
+            _candidate("a", 0, 0, nodata=1),
+            _candidate("a", 1, 0, cloud=163),  # 0.995 % <= 1 %
+            _candidate("a", 2, 0, cloud=164),  # 1.001 % > 1 %
+            _candidate("a", 3, 0, cloudshadow=163),
+            _candidate("a", 4, 0, cloudshadow=164),
+            _candidate("a", 5, 0, snow=1638),  # 9.998 % <= 10 %
+            _candidate("a", 6, 0, snow=1639),
+            _candidate("a", 7, 0, haze=9000, cirrus=9000, water=16384),  # not rules
+            _candidate("a", 8, 0, nodata=1, cloud=500),  # the first rule broken names the reason
+        ]
+    )
+    plan = plan_corpus(candidates, _scenes(("a", 1, 1, "2023-06-29T11:00:00Z")), Rules())
+    reasons = plan.candidates.set_index("ix")["drop_reason"].to_dict()
+    assert reasons == {0: "nodata", 1: "", 2: "cloud", 3: "", 4: "cloudshadow", 5: "", 6: "snow", 7: "", 8: "nodata"}
+    loose = plan_corpus(candidates, _scenes(("a", 1, 1, "2023-06-29T11:00:00Z")), Rules(max_nodata=0.5, max_cloud=1))
+    assert loose.candidates.set_index("ix")["drop_reason"].to_dict()[8] == ""
+
+
+def test_overlapping_tiles_of_a_datatake_keep_one_observation_per_cell() -> None:
+    candidates = pd.DataFrame(
+        [
+            _candidate("t1", 0, 0, haze=100),
+            _candidate("t2", 0, 0),  # fewer flagged pixels: wins although its tile is higher
+            _candidate("t1", 1, 0),
+            _candidate("t2", 1, 0),  # tie: the lower tile wins
+            _candidate("other", 1, 0),  # another datatake: a second date, not a duplicate
+        ]
+    )
+    scenes = _scenes(
+        ("t1", 7, 1, "2023-06-29T11:00:00Z"),
+        ("t2", 7, 2, "2023-06-29T11:00:04Z"),
+        ("other", 8, 1, "2023-08-01T10:00:00Z"),
+    )
+    plan = plan_corpus(candidates, scenes, Rules())
+    fate = {(p, ix): r for p, ix, r in plan.candidates[["product", "ix", "drop_reason"]].itertuples(index=False)}
+    assert fate == {("t1", 0): "duplicate", ("t2", 0): "", ("t1", 1): "", ("t2", 1): "duplicate", ("other", 1): ""}
+    stacks = plan.observations.groupby("ix")["product"].apply(list).to_dict()
+    assert stacks == {0: ["t2"], 1: ["t1", "other"]}  # date order within a location
+
+
+def _cell_at(epsg: int, lon: float, lat: float) -> tuple[int, int]:
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    return int((x - 15) // CELL_M), int((y - 15) // CELL_M)
+
+
+@pytest.mark.parametrize(("lon", "loser"), [(11.9, 32633), (12.1, 32632)])
+def test_zone_overlap_keeps_the_zone_with_the_nearer_central_meridian(lon: float, loser: int) -> None:
+    cells = pd.DataFrame([(epsg, *_cell_at(epsg, lon, 52.0)) for epsg in (32632, 32633)], columns=["epsg", "ix", "iy"])
+    losers = zone_overlap_losers(cells, 0.01)
+    assert losers["epsg"].tolist() == [loser]
+    assert zone_overlap_losers(cells, 1.0).empty  # no overlap is more than a whole cell
+
+
+def test_cells_far_apart_in_two_zones_are_both_kept() -> None:
+    cells = pd.DataFrame(
+        [(32632, *_cell_at(32632, 10.0, 52.0)), (32633, *_cell_at(32633, 14.0, 52.0))], columns=["epsg", "ix", "iy"]
+    )
+    assert zone_overlap_losers(cells, 0.01).empty
+
+
+def test_location_ids_are_stable_and_new_cells_get_new_ids() -> None:
+    candidates = pd.DataFrame([_candidate("a", ix, 0) for ix in range(4)])
+    scenes = _scenes(("a", 1, 1, "2023-06-29"))
+    known = pd.DataFrame({"location_id": [7, 3], "epsg": [32632, 32632], "ix": [2, 0], "iy": [0, 0]})
+    plan = plan_corpus(candidates, scenes, Rules(shard_size=3), known_locations=known, first_obs=6)
+    ids = plan.locations.set_index("ix")["location_id"].to_dict()
+    assert ids == {0: 3, 1: 8, 2: 7, 3: 9}
+    assert plan.observations["obs"].tolist() == [6, 7, 8, 9]
+    assert plan.observations["shard"].tolist() == [2, 2, 2, 3]
+    assert plan.observations["slot"].tolist() == [0, 1, 2, 0]
