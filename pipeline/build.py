@@ -1,7 +1,7 @@
 """Compose the stages on Dask: catalog -> inspect -> plan -> materialize -> commit.
 
-Progress lives in ``CORPUS/_build``: the scene table, one file per inspected scene, the plan and one
-marker per written shard. A build that is killed and run again skips what is done and ends with the
+Progress lives in ``CORPUS/_build``: the scene table, one file per inspected scene and one marker
+per written shard (the plan is cheap and deterministic, so it is recomputed). A build that is killed and run again skips what is done and ends with the
 same corpus; ``_build`` is removed once the version is published.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -62,9 +63,16 @@ def build_corpus(options: BuildOptions) -> dict[str, Any]:
     paths.build.mkdir(parents=True, exist_ok=True)
     _check_same_build(paths, options)
     scenes = _catalog(paths, options)
+    usable = int((scenes["status"] == OK).sum())
+    _say(options.progress, f"catalog     {len(scenes)} scenes found, {usable} usable")
     with dask_client(options.workers, options.scheduler) as client:
         inspected = _inspect(client, paths, scenes, options.progress)
         plan = _plan(paths, scenes, inspected, options.rules)
+        _say(
+            options.progress,
+            f"plan        {len(plan.candidates)} candidate patches -> {len(plan.observations)} observations at "
+            f"{len(plan.locations)} locations",
+        )
         bands = selected_bands(options.rules.bands)
         table = band_table().set_index("band").loc[bands]
         create_patch_array(
@@ -78,7 +86,13 @@ def build_corpus(options: BuildOptions) -> dict[str, Any]:
         shards = _materialize(client, paths, scenes, plan, bands, options.progress)
     manifest = _commit(paths, options, scenes, inspected, plan, shards)
     shutil.rmtree(paths.build)
+    _say(options.progress, f"commit      version {manifest['version']} published")
     return manifest
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextmanager

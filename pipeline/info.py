@@ -8,6 +8,29 @@ from catalog.scenes import OK
 from pipeline.reader import CorpusReader
 from stages.plan import DROP_REASONS
 
+#: How rejection reasons are grouped in the summary: (substring of the reason, group), first match wins.
+REASON_GROUPS = (
+    ("superseded", "superseded by a newer processor version"),
+    ("another copy", "duplicate copy of a product"),
+    ("truncated", "truncated file"),
+    ("unsafe", "unsafe archive member"),
+    ("corrupt ZIP", "corrupt ZIP file"),
+    ("METADATA.XML", "missing or bad METADATA.XML"),
+    ("image asset", "no spectral image"),
+    ("no SPECTRAL_IMAGE", "no spectral image"),
+    ("bands, expected", "wrong band count"),
+    ("dtype", "wrong data type"),
+    ("quality layer", "missing or bad quality layers"),
+    ("CRS", "CRS or grid off the EnMAP lattice"),
+    ("geotransform", "CRS or grid off the EnMAP lattice"),
+    ("lattice", "CRS or grid off the EnMAP lattice"),
+)
+
+
+def reason_group(reason: str) -> str:
+    """The group a rejection reason belongs to (``unreadable`` when none matches)."""
+    return next((group for text, group in REASON_GROUPS if text in reason), "unreadable")
+
 
 def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
     """The figures ``spectral-corpus info`` prints, as a JSON-ready dict."""
@@ -26,6 +49,7 @@ def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
             "total": len(scenes),
             "used": int((scenes["status"] == OK).sum()),
             "rejected": len(rejected),
+            "rejected_by_reason": rejected["reason"].map(reason_group).value_counts().sort_index().to_dict(),
             "rejected_scenes": dict(zip(rejected["product"], rejected["reason"], strict=True)),
         },
         "candidates": len(candidates),
@@ -47,7 +71,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"corpus                  {summary['corpus']} (version {summary['version']})",
         f"scenes                  {scenes['total']} found, {scenes['used']} used, {scenes['rejected']} rejected",
-        *(f"  rejected {product}: {reason}" for product, reason in scenes["rejected_scenes"].items()),
+        *(f"  rejected: {group:<37} {count}" for group, count in scenes["rejected_by_reason"].items()),
+        *(f"    {product}: {reason}" for product, reason in scenes["rejected_scenes"].items()),
         f"candidate observations  {summary['candidates']}",
         *(f"  dropped by {reason:<13} {count}" for reason, count in summary["dropped"].items()),
         f"locations               {summary['locations']}",

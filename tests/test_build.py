@@ -20,6 +20,7 @@ from catalog.bands import selected_bands
 from catalog.query import SceneQuery
 from catalog.synth import Example
 from conftest import TEST_RULES, build
+from pipeline.build import BuildOptions, build_corpus
 from pipeline.cli import main
 from pipeline.info import corpus_summary
 from pipeline.reader import CorpusReader
@@ -174,6 +175,31 @@ def test_bad_products_are_skipped_with_reasons(tmp_path: Path) -> None:
     assert "no METADATA.XML" in reasons["0000009002"]
     assert "unsafe ZIP member '../evil.txt'" in reasons["0000009003"]
     assert "spectral image has 200 bands, expected 224" in reasons["0000009004"]
+    assert summary["scenes"]["rejected_by_reason"] == {
+        "missing or bad METADATA.XML": 1,
+        "superseded by a newer processor version": 1,
+        "truncated file": 1,
+        "unsafe archive member": 1,
+        "wrong band count": 1,
+    }
+
+
+def test_build_on_an_existing_dask_scheduler(example: Example, corpus: Path, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / "remote"
+        build_corpus(
+            BuildOptions(
+                source=str(example.archive),
+                out=out,
+                query=SceneQuery(),
+                rules=TEST_RULES,
+                scheduler=cluster.scheduler_address,
+                progress=False,
+            )
+        )
+    _assert_same_corpus(corpus, out)
 
 
 def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus: Path, tmp_path: Path) -> None:
