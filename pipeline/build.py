@@ -1,8 +1,9 @@
 """Compose the stages on Dask: catalog -> inspect -> plan -> materialize -> commit.
 
 Progress lives in ``CORPUS/_build``: the scene table, one file per inspected scene and one marker
-per written shard (the plan is cheap and deterministic, so it is recomputed). A build that is killed and run again skips what is done and ends with the
-same corpus; ``_build`` is removed once the version is published.
+per written shard (the plan is cheap and deterministic, so it is recomputed). A build that is killed
+and run again skips what is done and ends with the same corpus; ``_build`` is removed once the
+version is published.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
 from stages.materialize import ShardResult, materialize_shard, shard_marker
 from stages.plan import Plan, plan_corpus
 from stages.rules import FLAGS, Rules
+from stages.stats import merge_all, shard_moments
 from stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
 
 PATCH_PIXELS = 128 * 128
@@ -84,7 +86,8 @@ def build_corpus(options: BuildOptions) -> dict[str, Any]:
             options.rules.shard_size,
         )
         shards = _materialize(client, paths, scenes, plan, bands, options.progress)
-    manifest = _commit(paths, options, scenes, inspected, plan, shards)
+        stats = band_statistics(client, paths.root, plan.observations, len(bands), options.progress)
+    manifest = _commit(paths, options, scenes, inspected, plan, shards, stats)
     shutil.rmtree(paths.build)
     _say(options.progress, f"commit      version {manifest['version']} published")
     return manifest
@@ -198,17 +201,35 @@ def _materialize(
     return pd.DataFrame([asdict(r) for r in results], columns=[f for f in ShardResult.__dataclass_fields__])
 
 
+def band_statistics(
+    client: Client, corpus: Path, observations: pd.DataFrame, n_bands: int, progress: bool
+) -> dict[str, Any]:
+    """Per-band mean and std (DN) over the training split: one task per shard, pooled on the client."""
+    train = observations[observations["split"] == "train"]
+    tasks = [
+        (f"stats-{shard}", shard_moments, (corpus, group["obs"].tolist(), n_bands))
+        for shard, group in train.groupby("shard")
+    ]
+    total = merge_all(_run(client, tasks, "stats", progress), n_bands)
+    return {
+        "split": "train",
+        "units": "DN (reflectance x 10000)",
+        "count": total.count.tolist(),
+        "mean": total.mean.tolist(),
+        "std": total.std.tolist(),
+    }
+
+
 def _run(
     client: Client, tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]], desc: str, progress: bool
 ) -> list[Any]:
-    """Run tasks on the cluster with a progress bar; fail with the first task's error."""
+    """Run tasks on the cluster with a progress bar; return results in task order, or raise the first error."""
     futures = [client.submit(fn, *args, key=key, pure=False) for key, fn, args in tasks]
-    results = []
     with tqdm(total=len(futures), desc=f"{desc:<11}", unit="task", disable=not progress) as bar:
         for future in as_completed(futures):
-            results.append(future.result())
+            future.result()
             bar.update()
-    return results
+    return [future.result() for future in futures]
 
 
 def _commit(
@@ -218,6 +239,7 @@ def _commit(
     inspected: list[InspectResult],
     plan: Plan,
     shards: pd.DataFrame,
+    stats: dict[str, Any],
 ) -> dict[str, Any]:
     """Assemble the version's tables and publish them."""
     scenes = _scene_outcomes(scenes, inspected, plan)
@@ -250,7 +272,7 @@ def _commit(
         .to_dict(orient="list"),
     }
     tables = VersionTables(scenes, plan.locations, observations, plan.candidates, shards)
-    return commit_version(paths, 1, tables, json.loads(json.dumps(metadata, default=str)))
+    return commit_version(paths, 1, tables, json.loads(json.dumps(metadata, default=str)), stats)
 
 
 def _scene_outcomes(scenes: pd.DataFrame, inspected: list[InspectResult], plan: Plan) -> pd.DataFrame:
@@ -279,6 +301,7 @@ def _observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.D
         "shard",
         "slot",
         "location_id",
+        "split",
         "scene_id",
         "product",
         "acquired",

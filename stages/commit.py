@@ -31,8 +31,10 @@ class VersionTables:
     shards: pd.DataFrame
 
 
-def commit_version(paths: CorpusPaths, version: int, tables: VersionTables, metadata: dict[str, object]) -> dict:
-    """Write version ``version``'s tables and manifest, then point ``CURRENT`` at it."""
+def commit_version(
+    paths: CorpusPaths, version: int, tables: VersionTables, metadata: dict[str, object], stats: dict[str, object]
+) -> dict:
+    """Write version ``version``'s tables and manifest (with its band statistics), then publish it."""
     final = paths.version_dir(version)
     if final.exists() and read_current(paths) != version:
         shutil.rmtree(final)  # left by a commit that was killed before it published
@@ -50,6 +52,7 @@ def commit_version(paths: CorpusPaths, version: int, tables: VersionTables, meta
         "n_locations": len(tables.locations),
         "n_shards": len(tables.shards),
         "tables": {name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
+        "stats": stats,
     }
     write_json_atomic(staging / "manifest.json", manifest)
     write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})

@@ -15,6 +15,7 @@ from pyproj import Transformer
 
 from stages.grid import CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
 from stages.rules import Rules
+from stages.splits import assign_splits
 
 KEY = ["epsg", "ix", "iy"]
 #: Reasons an observation is dropped, in the order they are decided.
@@ -50,6 +51,11 @@ def plan_corpus(
     _mark_zone_overlaps(table, rules.zone_overlap)
     kept = table[table["drop_reason"] == ""]
     locations = _assign_locations(kept, known_locations)
+    locations.insert(
+        4,
+        "split",
+        assign_splits(locations, rules.split_block_cells, rules.val_fraction, rules.test_fraction, rules.split_seed),
+    )
     observations = _layout(kept, locations, rules, first_obs)
     return Plan(table.sort_values(["product", "iy", "ix"], ascending=[True, False, True]), observations, locations)
 
@@ -140,7 +146,7 @@ def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.Geo
 
 def _layout(kept: pd.DataFrame, locations: pd.DataFrame, rules: Rules, first_obs: int) -> pd.DataFrame:
     """Order observations location-major in spatial blocks of cells, then number shards and slots."""
-    table = kept.merge(locations[["location_id", *KEY, "x", "y"]], on=KEY)
+    table = kept.merge(locations[["location_id", *KEY, "x", "y", "split"]], on=KEY)
     block = rules.block_cells
     table = table.assign(_by=-(table["iy"] // block), _bx=table["ix"] // block, _iy=-table["iy"])
     table = table.sort_values(["epsg", "_by", "_bx", "_iy", "ix", "acquired", "product"])

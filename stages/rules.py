@@ -13,7 +13,8 @@ class Rules:
     """Thresholds and layout. An observation is dropped when a fraction exceeds its maximum.
 
     ``max_nodata = 0`` drops a patch with any nodata pixel. ``zone_overlap`` is the share of a cell's
-    area above which cells of different UTM zones count as the same place.
+    area above which cells of different UTM zones count as the same place. Splits are drawn per block
+    of ``split_block_cells`` x ``split_block_cells`` cells (see ``stages.splits``).
     """
 
     max_nodata: float = 0.0
@@ -24,6 +25,10 @@ class Rules:
     bands: int = 202
     shard_size: int = 32
     block_cells: int = 8
+    split_block_cells: int = 16
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
 
     def thresholds(self) -> dict[str, float]:
         """Flag name -> maximum fraction, in the order rules are applied."""

@@ -15,7 +15,7 @@ from stac_server import stac_api
 from stages.rules import Rules
 
 #: Small shards so the example corpus spans several of them.
-TEST_RULES = Rules(shard_size=4)
+TEST_RULES = Rules(shard_size=4, split_block_cells=1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,77 @@
+"""Per-band mean and standard deviation, shard by shard, merged with the pooled-variance formula.
+
+Each shard's moments come from exact integer sums (int16 values, int64 sums), so a shard's mean and
+sum of squared deviations carry no rounding beyond the final float conversion; shards are then
+merged pairwise (Chan et al.), which is exact in exact arithmetic and stable in floating point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from catalog.bands import NODATA
+from stages.store import PATCHES, CorpusPaths
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-band pixel count, mean and sum of squared deviations (M2)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, n_bands: int) -> Moments:
+        return cls(np.zeros(n_bands, np.int64), np.zeros(n_bands), np.zeros(n_bands))
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets together (pooled variance)."""
+        count = self.count + other.count
+        safe = np.maximum(count, 1)
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.count / safe
+        m2 = self.m2 + other.m2 + delta**2 * self.count * other.count / safe
+        return Moments(count, mean, m2)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per band."""
+        return np.sqrt(self.m2 / np.maximum(self.count, 1))
+
+
+def patch_moments(patch: np.ndarray) -> Moments:
+    """Moments of one int16 patch (band, y, x), ignoring nodata pixels, from exact integer sums."""
+    values = patch.reshape(patch.shape[0], -1)
+    valid = values != NODATA
+    wide = np.where(valid, values, 0).astype(np.int64)
+    count = valid.sum(axis=1, dtype=np.int64)
+    s1 = wide.sum(axis=1)
+    s2 = (wide * wide).sum(axis=1)
+    safe = np.maximum(count, 1)
+    mean = s1 / safe
+    # n * M2 = n * S2 - S1^2 exactly in integers (python ints: no overflow), then one division.
+    m2 = np.array([(int(n) * int(q) - int(s) ** 2) / max(int(n), 1) for n, q, s in zip(count, s2, s1, strict=True)])
+    return Moments(count, mean, m2)
+
+
+def shard_moments(corpus: Path, observations: list[int], n_bands: int) -> Moments:
+    """Dask task: the moments of some observations (one shard's), reading one patch at a time."""
+    array = zarr.open_array(CorpusPaths(corpus).zarr, path=PATCHES, mode="r")
+    total = Moments.empty(n_bands)
+    for obs in observations:
+        total = total.merge(patch_moments(np.asarray(array[obs])))
+    return total
+
+
+def merge_all(parts: list[Moments], n_bands: int) -> Moments:
+    """Merge shard moments pairwise (a balanced tree keeps rounding small)."""
+    if not parts:
+        return Moments.empty(n_bands)
+    while len(parts) > 1:
+        parts = [parts[i].merge(parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
