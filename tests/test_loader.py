@@ -1,0 +1,117 @@
+"""The torch dataset and shard-aware sampler read exactly the corpus's bytes, split across ranks."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from catalog.bands import band_table
+from pipeline.reader import CorpusReader
+from training import CorpusDataset, ShardAwareSampler
+from training.transforms import Compose, RandomFlip, RandomResizedCrop, RandomRot90
+
+
+def test_observation_items_equal_the_zarr_bytes(corpus: Path) -> None:
+    reader = CorpusReader(corpus)
+    bands = [0, 57, 201]
+    dataset = CorpusDataset(corpus, split=None, unit="observation", bands=bands, normalize=False)
+    assert len(dataset) == reader.manifest["n_obs"]
+    observations = reader.table("observations").set_index("obs")
+    for index in range(len(dataset)):
+        item = dataset[index]
+        obs = int(item["obs"])
+        np.testing.assert_array_equal(item["image"].numpy(), reader.read_patch(obs)[bands].astype(np.float32))
+        row = observations.loc[obs]
+        assert int(item["location_id"]) == row["location_id"]
+        assert float(item["x"]) == row["x"] and float(item["y"]) == row["y"]
+        assert int(item["t"]) == int(row["acquired"].timestamp())
+    kept = band_table()[band_table()["kept_202"]]["center_nm"].to_numpy()
+    np.testing.assert_allclose(dataset[0]["wavelength"].numpy(), kept[bands] / 1000, rtol=1e-6)
+    assert float(dataset[0]["res"]) == 30.0
+
+
+def test_location_items_take_two_different_dates_when_the_stack_has_them(corpus: Path) -> None:
+    observations = CorpusReader(corpus).table("observations")
+    dates = observations.groupby("location_id")["obs"].apply(set).to_dict()
+    dataset = CorpusDataset(corpus, split=None, unit="location", views=2, normalize=False)
+    assert len(dataset) == len(dates)
+    reader = CorpusReader(corpus)
+    for epoch in range(3):
+        for index in range(len(dataset)):
+            item = dataset[epoch * len(dataset) + index]
+            stack = dates[int(item["location_id"])]
+            first = int(item["obs"])
+            assert first in stack
+            matches = [o for o in stack if np.array_equal(reader.read_patch(o), item["image2"].numpy())]
+            assert len(matches) == 1
+            assert (matches[0] != first) == (len(stack) > 1)
+
+
+def test_normalisation_uses_the_stored_statistics(corpus: Path) -> None:
+    stats = CorpusReader(corpus).manifest["stats"]
+    raw = CorpusDataset(corpus, split=None, unit="observation", normalize=False)[3]["image"]
+    normed = CorpusDataset(corpus, split=None, unit="observation")[3]["image"]
+    mean = torch.tensor(stats["mean"]).view(-1, 1, 1)
+    std = torch.tensor(stats["std"]).view(-1, 1, 1)
+    torch.testing.assert_close(normed, (raw - mean) / std)
+
+
+def test_split_selects_observations_of_that_split(corpus: Path) -> None:
+    observations = CorpusReader(corpus).table("observations")
+    for split in sorted(set(observations["split"])):
+        dataset = CorpusDataset(corpus, split=split, unit="observation", normalize=False)
+        expected = set(observations.loc[observations["split"] == split, "obs"])
+        assert {int(dataset[i]["obs"]) for i in range(len(dataset))} == expected
+    with pytest.raises(ValueError, match="no observations in split 'nope'"):
+        CorpusDataset(corpus, split="nope")
+
+
+def test_two_ranks_get_disjoint_shards_covering_the_split_and_epochs_reshuffle(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="observation")
+    shard_of = {index: int(dataset[index]["obs"]) // 4 for index in range(len(dataset))}
+    samplers = [ShardAwareSampler(dataset, seed=1, rank=r, world_size=2) for r in range(2)]
+    seen = [[i % len(dataset) for i in sampler] for sampler in samplers]
+    assert len(seen[0]) == len(seen[1])  # equal steps for DDP
+    shards = [{shard_of[i] for i in items} for items in seen]
+    assert shards[0].isdisjoint(shards[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(len(dataset)))
+    orders = []
+    for epoch in range(4):
+        samplers[0].set_epoch(epoch)
+        orders.append([i % len(dataset) for i in samplers[0]])
+    assert len({tuple(o) for o in orders}) > 1
+    for items in seen:  # shard-major: each shard's items are contiguous (padding may repeat the first shard)
+        unique = list(dict.fromkeys(items))
+        runs = [shard_of[i] for i in unique]
+        assert sum(a != b for a, b in itertools.pairwise(runs)) == len(set(runs)) - 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_with_workers_sees_every_item_once(corpus: Path, workers: int) -> None:
+    transforms = Compose([RandomResizedCrop(64), RandomFlip(), RandomRot90()])
+    dataset = CorpusDataset(corpus, split=None, unit="location", views=2, transforms=transforms)
+    sampler = ShardAwareSampler(dataset, seed=0)
+    loader = DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(loader)
+        ids = torch.cat([b["location_id"] for b in batches]).tolist()
+        assert sorted(ids) == sorted(set(ids)) and len(ids) == len(dataset)
+        assert batches[0]["image"].shape[1:] == (202, 64, 64)
+        assert batches[0]["image2"].shape == batches[0]["image"].shape
+
+
+def test_transforms_keep_spectra_intact() -> None:
+    image = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    for transform in (RandomFlip(p=1.0), RandomRot90()):
+        out = transform(image, generator)
+        # every output pixel's spectrum is some input pixel's spectrum
+        spectra = {tuple(image[:, r, c].tolist()) for r in range(8) for c in range(8)}
+        assert all(tuple(out[:, r, c].tolist()) in spectra for r in range(8) for c in range(8))
+    assert RandomResizedCrop(4)(image, generator).shape == (3, 4, 4)
