@@ -1,20 +1,27 @@
-"""Compose the stages on Dask: catalog -> inspect -> plan -> materialize -> commit.
+"""Compose the stages on Dask: catalog -> inspect -> plan -> materialize -> stats -> commit.
+
+A build is an extension of an empty corpus. An extension looks only at products the corpus does not
+know yet, re-plans globally (so it gives what a fresh build over all scenes would), keeps every
+existing observation where it is, writes new shards only, from the next shard boundary, and
+publishes version N+1 in one atomic step. One writer at a time (``pipeline.lock``).
 
 Progress lives in ``CORPUS/_build``: the scene table, one file per inspected scene and one marker
-per written shard (the plan is cheap and deterministic, so it is recomputed). A build that is killed
-and run again skips what is done and ends with the same corpus; ``_build`` is removed once the
+per written shard (the plan is cheap and deterministic, so it is recomputed). A run that is killed
+and started again skips what is done and ends with the same corpus; ``_build`` is removed once the
 version is published.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -26,17 +33,19 @@ from tqdm import tqdm
 
 from catalog.bands import band_table, selected_bands
 from catalog.query import SceneQuery
-from catalog.scenes import OK, REJECTED, read_scene_table, records_from_table, scene_table, write_scene_table
+from catalog.scenes import OK, read_scene_table, records_from_table, scene_table, write_scene_table
 from catalog.sources import find_scenes
+from pipeline import tables
+from pipeline.lock import writer_lock
+from pipeline.reader import CorpusReader
 from stages.commit import VersionTables, commit_version, read_current
+from stages.failpoints import failpoint
 from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
 from stages.materialize import ShardResult, materialize_shard, shard_marker
 from stages.plan import Plan, plan_corpus
-from stages.rules import FLAGS, Rules
-from stages.stats import merge_all, shard_moments
+from stages.rules import Rules
+from stages.stats import Moments, merge_all, shard_moments
 from stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
-
-PATCH_PIXELS = 128 * 128
 
 
 class BuildError(RuntimeError):
@@ -45,7 +54,7 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Everything a build depends on."""
+    """Everything a build or an extension depends on."""
 
     source: str
     out: Path
@@ -58,44 +67,70 @@ class BuildOptions:
 
 def build_corpus(options: BuildOptions) -> dict[str, Any]:
     """Build a corpus from scratch (or finish an interrupted build); return the version manifest."""
+    with writer_lock(options.out):
+        published = read_current(CorpusPaths(options.out))
+        if published is not None:
+            raise BuildError(f"{options.out} already holds a corpus (version {published}); extend it instead")
+        return _update(options, None, CorpusPaths(options.out).build, dry_run=False)
+
+
+def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any]:
+    """Add the source's new products to a corpus with the corpus's own rules; publish version N+1.
+
+    With ``dry_run`` nothing is written to the corpus: the result says what would be added.
+    """
+    with writer_lock(options.out):
+        base = CorpusReader(options.out)
+        options = replace(options, rules=Rules.from_dict(base.metadata["rules"]))
+        if not dry_run:
+            return _update(options, base, base.paths.build, dry_run=False)
+        with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
+            return _update(options, base, Path(work), dry_run=True)
+
+
+def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_run: bool) -> dict[str, Any]:
     paths = CorpusPaths(options.out)
-    published = read_current(paths)
-    if published is not None:
-        raise BuildError(f"{options.out} already holds a corpus (version {published}); extend it instead")
-    paths.build.mkdir(parents=True, exist_ok=True)
-    _check_same_build(paths, options)
-    scenes = _catalog(paths, options)
-    usable = int((scenes["status"] == OK).sum())
-    _say(options.progress, f"catalog     {len(scenes)} scenes found, {usable} usable")
+    version = (base.version if base else 0) + 1
+    work.mkdir(parents=True, exist_ok=True)
+    _check_same_run(work, options, version)
+    scenes = tables.merge_scenes(base.table("scenes") if base else None, _catalog(work, options))
+    known = set(base.table("scenes")["product"]) if base else set()
+    new = [r for r in records_from_table(tables.ok_scenes(scenes)) if r.product not in known]
+    _say(options.progress, f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
+    if scenes.empty:
+        raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
     with dask_client(options.workers, options.scheduler) as client:
-        inspected = _inspect(client, paths, scenes, options.progress)
-        plan = _plan(paths, scenes, inspected, options.rules)
-        _say(
-            options.progress,
-            f"plan        {len(plan.candidates)} candidate patches -> {len(plan.observations)} observations at "
-            f"{len(plan.locations)} locations",
-        )
+        inspected = _inspect(client, work, new, options.progress)
+        scenes = tables.apply_inspection(scenes, inspected)
+        plan = _plan(base, scenes, inspected, options.rules)
+        added = plan.observations[plan.observations["shard"] >= _first_shard(base)]
+        _say(options.progress, f"plan        {len(added)} new observations, {len(plan.observations)} in all")
+        if dry_run:
+            return _preview(base, scenes, plan, added, version)
+        if base is not None and added.empty and len(plan.observations) == base.manifest["n_obs"]:
+            shutil.rmtree(work)
+            _say(options.progress, f"unchanged   nothing new in {options.source}; version {base.version} stays current")
+            return {**base.manifest, "unchanged": True}
         bands = selected_bands(options.rules.bands)
         table = band_table().set_index("band").loc[bands]
+        n_rows = max(int(plan.observations["obs"].max()) + 1 if len(plan.observations) else 0, _rows(base))
         create_patch_array(
             paths.zarr,
-            len(plan.observations),
+            n_rows,
             table["center_nm"].to_numpy(),
             table["fwhm_nm"].to_numpy(),
             bands,
             options.rules.shard_size,
         )
-        shards = _materialize(client, paths, scenes, plan, bands, options.progress)
-        stats = band_statistics(client, paths.root, plan.observations, len(bands), options.progress)
-    manifest = _commit(paths, options, scenes, inspected, plan, shards, stats)
-    shutil.rmtree(paths.build)
+        shards = _materialize(client, paths, scenes, added, bands, options.progress)
+        if base is not None:
+            shards = pd.concat([base.table("shards"), shards], ignore_index=True)
+        moments = _moments(client, paths.root, plan.observations, base, len(bands), options.progress)
+    failpoint("before-commit")
+    manifest = _commit(paths, options, base, version, scenes, plan, shards, moments)
+    shutil.rmtree(work)
     _say(options.progress, f"commit      version {manifest['version']} published")
     return manifest
-
-
-def _say(progress: bool, line: str) -> None:
-    if progress:
-        print(line, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -118,40 +153,42 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         yield client
 
 
-def _check_same_build(paths: CorpusPaths, options: BuildOptions) -> None:
-    """Refuse to resume a build that was started with other options."""
-    identity = {"source": options.source, "query": options.query.as_dict(), "rules": options.rules.as_dict()}
+def _check_same_run(work: Path, options: BuildOptions, version: int) -> None:
+    """Refuse to resume a run that was started with other options."""
+    identity = {
+        "version": version,
+        "source": options.source,
+        "query": options.query.as_dict(),
+        "rules": options.rules.as_dict(),
+    }
     identity = json.loads(json.dumps(identity, default=str))
-    marker = paths.build / "options.json"
+    marker = work / "options.json"
     if marker.exists():
         started = json.loads(marker.read_text())
         if started != identity:
             raise BuildError(
-                f"{paths.build} holds an interrupted build with other options ({started}); "
+                f"{work} holds an interrupted run with other options ({started}); "
                 "re-run it with the same options, or remove that directory to start over"
             )
         return
     write_json_atomic(marker, identity)
 
 
-def _catalog(paths: CorpusPaths, options: BuildOptions) -> pd.DataFrame:
-    """The scene table of this build: queried once, then reused by a resumed build."""
-    path = paths.build / "scenes.parquet"
+def _catalog(work: Path, options: BuildOptions) -> pd.DataFrame:
+    """The source's scene table: queried once, then reused by a resumed run."""
+    path = work / "scenes.parquet"
     if not path.exists():
         records = find_scenes(options.source, options.query)
-        table = scene_table(records, {"source": options.source, **options.query.as_dict()})
-        write_scene_table(table, path)
+        write_scene_table(scene_table(records, {"source": options.source, **options.query.as_dict()}), path)
     return read_scene_table(path)
 
 
-def _inspect(client: Client, paths: CorpusPaths, scenes: pd.DataFrame, progress: bool) -> list[InspectResult]:
-    """Inspect every usable scene once; results are kept per scene so a re-run skips them."""
-    folder = paths.build / "inspect"
+def _inspect(client: Client, work: Path, records: list[Any], progress: bool) -> list[InspectResult]:
+    """Inspect each scene once; results are kept per scene so a re-run skips them."""
+    folder = work / "inspect"
     folder.mkdir(exist_ok=True)
-    records = [r for r in records_from_table(scenes) if r.status == OK]
     todo = [r for r in records if not _inspect_file(folder, r.product).exists()]
-    tasks = [(f"inspect-{r.product}", inspect_task, (r, str(folder))) for r in todo]
-    _run(client, tasks, "inspect", progress)
+    _run(client, [(f"inspect-{r.product}", inspect_task, (r, str(folder))) for r in todo], "inspect", progress)
     return [_load_inspect(_inspect_file(folder, r.product)) for r in records]
 
 
@@ -175,19 +212,64 @@ def _load_inspect(path: Path) -> InspectResult:
     return InspectResult(candidates=candidates, **payload)
 
 
-def _plan(paths: CorpusPaths, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
-    """Plan the corpus from all inspected scenes (pure and deterministic, so a re-run plans the same)."""
+def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
+    """Plan over every scene in use: the known scenes' candidates plus the new ones."""
+    in_use = set(tables.ok_scenes(scenes)["product"])
     frames = [r.candidates for r in inspected if r.status == OK and len(r.candidates)]
+    if base is not None:
+        known = base.table("candidates")
+        frames.insert(0, known.loc[known["product"].isin(in_use), CANDIDATE_COLUMNS])
     candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    return plan_corpus(candidates, scenes, rules)
+    return plan_corpus(
+        candidates,
+        tables.ok_scenes(scenes),
+        rules,
+        known_locations=base.table("locations") if base else None,
+        placed=base.table("observations") if base else None,
+        first_obs=_first_shard(base) * rules.shard_size,
+    )
+
+
+def _first_shard(base: CorpusReader | None) -> int:
+    """New observations start at the shard after the last one written (old shards are never rewritten)."""
+    if base is None:
+        return 0
+    shards = base.table("shards")
+    return int(shards["shard"].max()) + 1 if len(shards) else 0
+
+
+def _rows(base: CorpusReader | None) -> int:
+    return 0 if base is None else int(base.patches.shape[0])
+
+
+def _preview(
+    base: CorpusReader | None, scenes: pd.DataFrame, plan: Plan, added: pd.DataFrame, version: int
+) -> dict[str, Any]:
+    """What an extension would add, without writing anything."""
+    old = base.table("observations") if base else pd.DataFrame(columns=["obs", "location_id"])
+    known_ids = set(base.table("locations")["location_id"]) if base else set()
+    return {
+        "dry_run": True,
+        "version": version,
+        "new_scenes": sorted(set(added["product"])),
+        "rejected_scenes": dict(
+            zip(
+                scenes.loc[scenes["status"] != OK, "product"], scenes.loc[scenes["status"] != OK, "reason"], strict=True
+            )
+        ),
+        "new_observations": len(added),
+        "new_locations": int((~plan.locations["location_id"].isin(known_ids)).sum()),
+        "retired_observations": int((~old["obs"].isin(plan.observations["obs"])).sum()),
+        "observations_after": len(plan.observations),
+    }
 
 
 def _materialize(
-    client: Client, paths: CorpusPaths, scenes: pd.DataFrame, plan: Plan, bands: np.ndarray, progress: bool
+    client: Client, paths: CorpusPaths, scenes: pd.DataFrame, added: pd.DataFrame, bands: np.ndarray, progress: bool
 ) -> pd.DataFrame:
-    """Write every shard that has no marker yet; return the table of all shards."""
+    """Write every new shard that has no marker yet; return the table of the new shards."""
     hrefs = {p: json.loads(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
-    observations = plan.observations.assign(href=plan.observations["product"].map(hrefs))
+    observations = added.assign(href=added["product"].map(hrefs))
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
     groups = dict(tuple(observations.groupby("shard")))
@@ -198,19 +280,38 @@ def _materialize(
     ]
     _run(client, tasks, "materialize", progress)
     results = [ShardResult(**json.loads(shard_marker(paths, int(s)).read_text())) for s in sorted(groups)]
-    return pd.DataFrame([asdict(r) for r in results], columns=[f for f in ShardResult.__dataclass_fields__])
+    return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__))
 
 
-def band_statistics(
-    client: Client, corpus: Path, observations: pd.DataFrame, n_bands: int, progress: bool
-) -> dict[str, Any]:
-    """Per-band mean and std (DN) over the training split: one task per shard, pooled on the client."""
+def _moments(
+    client: Client, corpus: Path, observations: pd.DataFrame, base: CorpusReader | None, n_bands: int, progress: bool
+) -> pd.DataFrame:
+    """Per-shard band moments of the training split; shards whose training patches did not change reuse
+    the previous version's moments, the others are computed, one task per shard."""
     train = observations[observations["split"] == "train"]
-    tasks = [
-        (f"stats-{shard}", shard_moments, (corpus, group["obs"].tolist(), n_bands))
-        for shard, group in train.groupby("shard")
+    groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
+    keys = {s: hashlib.sha256(json.dumps(obs).encode()).hexdigest() for s, obs in groups.items()}
+    known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
+    todo = [s for s in groups if keys[s] not in known.index]
+    done = _run(client, [(f"stats-{s}", shard_moments, (corpus, groups[s], n_bands)) for s in todo], "stats", progress)
+    fresh = dict(zip(todo, done, strict=True))
+    rows = []
+    for shard, key in keys.items():
+        if shard in fresh:
+            m = fresh[shard]
+            rows.append({"shard": shard, "key": key, "count": m.count, "mean": m.mean, "m2": m.m2})
+        else:
+            rows.append({"shard": shard, "key": key, **known.loc[key, ["count", "mean", "m2"]].to_dict()})
+    return pd.DataFrame(rows, columns=["shard", "key", "count", "mean", "m2"])
+
+
+def band_statistics(moments: pd.DataFrame, n_bands: int) -> dict[str, Any]:
+    """Pool per-shard moments into the per-band mean and std (DN) of the training split."""
+    parts = [
+        Moments(np.asarray(c, np.int64), np.asarray(m), np.asarray(q))
+        for c, m, q in zip(moments["count"], moments["mean"], moments["m2"], strict=True)
     ]
-    total = merge_all(_run(client, tasks, "stats", progress), n_bands)
+    total = merge_all(parts, n_bands)
     return {
         "split": "train",
         "units": "DN (reflectance x 10000)",
@@ -235,17 +336,38 @@ def _run(
 def _commit(
     paths: CorpusPaths,
     options: BuildOptions,
+    base: CorpusReader | None,
+    version: int,
     scenes: pd.DataFrame,
-    inspected: list[InspectResult],
     plan: Plan,
     shards: pd.DataFrame,
-    stats: dict[str, Any],
+    moments: pd.DataFrame,
 ) -> dict[str, Any]:
-    """Assemble the version's tables and publish them."""
-    scenes = _scene_outcomes(scenes, inspected, plan)
-    observations = _observation_table(plan.observations, scenes)
+    """Assemble the version's tables, write the observation coordinates and publish."""
+    scenes = tables.count_per_scene(scenes, plan)
+    observations = tables.observation_table(plan.observations, scenes)
+    _write_coordinates(paths, observations)
+    base_retired = base.table("retired") if base else None
+    retired = tables.retired_table(base.table("observations") if base else None, plan, scenes, version, base_retired)
+    version_tables = VersionTables(
+        scenes=scenes,
+        locations=tables.location_table(plan, base.table("locations") if base else None),
+        observations=observations,
+        candidates=plan.candidates,
+        shards=shards,
+        moments=moments,
+        retired=retired,
+    )
+    metadata = base.metadata if base else _corpus_metadata(options)
+    run = {"source": options.source, "query": options.query.as_dict(), "software_version": _software_version()}
+    stats = band_statistics(moments, len(selected_bands(options.rules.bands)))
+    return commit_version(paths, version, version_tables, metadata, stats, json.loads(json.dumps(run, default=str)))
+
+
+def _write_coordinates(paths: CorpusPaths, observations: pd.DataFrame) -> None:
     write_obs_coordinates(
         paths.zarr,
+        observations["obs"].to_numpy(),
         {
             "time": observations["acquired"].astype("datetime64[s, UTC]").astype("int64").to_numpy(),
             "location_id": observations["location_id"].to_numpy(),
@@ -260,58 +382,26 @@ def _commit(
             "y": {"long_name": "patch centre northing in the patch's UTM zone", "units": "m"},
         },
     )
+
+
+def _corpus_metadata(options: BuildOptions) -> dict[str, Any]:
+    """What ``corpus.json`` records once, at the first build: rules, bands, first source."""
+    bands = band_table().set_index("band").loc[selected_bands(options.rules.bands)].reset_index()
     metadata = {
-        "software_version": package_version("spectral-corpus"),
+        "software_version": _software_version(),
         "source": options.source,
         "query": options.query.as_dict(),
         "rules": options.rules.as_dict(),
-        "bands": band_table()
-        .set_index("band")
-        .loc[selected_bands(options.rules.bands)]
-        .reset_index()
-        .to_dict(orient="list"),
+        "bands": bands.to_dict(orient="list"),
     }
-    tables = VersionTables(scenes, plan.locations, observations, plan.candidates, shards)
-    return commit_version(paths, 1, tables, json.loads(json.dumps(metadata, default=str)), stats)
+    result: dict[str, Any] = json.loads(json.dumps(metadata, default=str))
+    return result
 
 
-def _scene_outcomes(scenes: pd.DataFrame, inspected: list[InspectResult], plan: Plan) -> pd.DataFrame:
-    """The scene table with inspect rejections, stable scene ids and per-scene counts."""
-    scenes = scenes.sort_values("product").reset_index(drop=True)
-    rejected = {r.product: r.reason for r in inspected if r.status == REJECTED}
-    epsg = {r.product: r.epsg for r in inspected if r.epsg is not None}
-    scenes["status"] = [
-        REJECTED if p in rejected else s for p, s in zip(scenes["product"], scenes["status"], strict=True)
-    ]
-    scenes["reason"] = [rejected.get(p, r) for p, r in zip(scenes["product"], scenes["reason"], strict=True)]
-    scenes["epsg"] = scenes["product"].map(epsg).astype("Int64").fillna(scenes["epsg"])
-    scenes.insert(0, "scene_id", np.arange(len(scenes), dtype=np.int64))
-    scenes["n_candidates"] = scenes["product"].map(plan.candidates["product"].value_counts()).fillna(0).astype(int)
-    scenes["n_observations"] = scenes["product"].map(plan.observations["product"].value_counts()).fillna(0).astype(int)
-    return scenes
+def _software_version() -> str:
+    return package_version("spectral-corpus")
 
 
-def _observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.DataFrame:
-    """Public observation columns: ids, placement, time, pixel window and flag fractions."""
-    table = observations.merge(scenes[["product", "scene_id"]], on="product", how="left")
-    fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PIXELS).astype("float32") for flag in FLAGS}
-    table = table.assign(**fractions)
-    columns = [
-        "obs",
-        "shard",
-        "slot",
-        "location_id",
-        "split",
-        "scene_id",
-        "product",
-        "acquired",
-        "epsg",
-        "ix",
-        "iy",
-        "row",
-        "col",
-        "x",
-        "y",
-        *fractions,
-    ]
-    return table[columns].sort_values("obs").reset_index(drop=True)
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, file=sys.stderr, flush=True)

@@ -52,6 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(run=_build)
 
+    extend = commands.add_parser("extend", help="add new acquisitions to a corpus and publish a new version")
+    extend.add_argument("--corpus", required=True, type=Path)
+    extend.add_argument("--source", required=True, help="STAC API URL, static STAC JSON file, or product directory")
+    _add_query_options(extend)
+    extend.add_argument("--dry-run", action="store_true", help="print what would be added; write nothing")
+    extend.add_argument("--workers", type=int, default=2)
+    extend.add_argument("--scheduler")
+    extend.add_argument("--quiet", action="store_true")
+    extend.set_defaults(run=_extend)
+
+    versions = commands.add_parser("versions", help="list a corpus's published versions")
+    versions.add_argument("corpus", type=Path)
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(run=_versions)
+
     info = commands.add_parser("info", help="summarise a corpus")
     info.add_argument("corpus", type=Path)
     info.add_argument("--version", type=int, help="a published version (default: current)")
@@ -102,6 +117,15 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         help="cells of two UTM zones overlapping more than PCT %% are one place (default 1)",
     )
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
+    parser.add_argument(
+        "--split-block-cells",
+        type=int,
+        default=defaults.split_block_cells,
+        help="side of the square blocks of cells that share a split (default 16)",
+    )
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    parser.add_argument("--split-seed", type=int, default=defaults.split_seed)
 
 
 def _query(args: argparse.Namespace) -> SceneQuery:
@@ -125,6 +149,10 @@ def _rules(args: argparse.Namespace) -> Rules:
         zone_overlap=args.zone_overlap / 100,
         bands=args.bands,
         shard_size=args.shard_size,
+        split_block_cells=args.split_block_cells,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
     )
 
 
@@ -145,6 +173,46 @@ def _build(args: argparse.Namespace) -> int:
         f"published {args.out} version {manifest['version']}: {manifest['n_obs']} observations at "
         f"{manifest['n_locations']} locations in {manifest['n_shards']} shards"
     )
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildOptions, extend_corpus
+
+    options = BuildOptions(
+        source=args.source,
+        out=args.corpus,
+        query=_query(args),
+        rules=Rules(),  # replaced by the corpus's own rules
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
+    result = extend_corpus(options, dry_run=args.dry_run)
+    if args.dry_run:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"published {args.corpus} version {result['version']}: {result['n_obs']} observations at "
+            f"{result['n_locations']} locations in {result['n_shards']} shards ({result['n_retired']} retired)"
+        )
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from pipeline.reader import list_versions
+
+    rows = list_versions(args.corpus)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'version':>7}  {'created':<25} {'observations':>12} {'locations':>9} {'shards':>6} {'retired':>7}  source")
+    for row in rows:
+        mark = "*" if row["current"] else " "
+        print(
+            f"{row['version']:>6}{mark}  {row['created']:<25} {row['observations']:>12} {row['locations']:>9} "
+            f"{row['shards']:>6} {row['retired']:>7}  {row['source']}"
+        )
     return 0
 
 

@@ -48,6 +48,30 @@ class CorpusReader:
         return np.asarray(self.patches[obs])
 
 
+def list_versions(root: Path | str) -> list[dict[str, Any]]:
+    """Every published version's manifest figures, oldest first (unpublished leftovers are skipped)."""
+    paths = CorpusPaths(Path(root))
+    _read_metadata(paths)
+    current = _current_version(paths)
+    rows = []
+    for version in range(1, current + 1):
+        manifest = json.loads((paths.version_dir(version) / "manifest.json").read_text())
+        run = manifest.get("run", {})
+        rows.append(
+            {
+                "version": version,
+                "created": manifest["created"],
+                "observations": manifest["n_obs"],
+                "locations": manifest["n_locations"],
+                "shards": manifest["n_shards"],
+                "retired": manifest.get("n_retired", 0),
+                "source": run.get("source"),
+                "current": version == current,
+            }
+        )
+    return rows
+
+
 def _read_metadata(paths: CorpusPaths) -> dict[str, Any]:
     if not paths.metadata.exists():
         raise CorpusError(f"{paths.root} is not a corpus: {paths.metadata.name} is missing")

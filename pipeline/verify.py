@@ -59,14 +59,18 @@ def _check_observations(reader: CorpusReader, observations: pd.DataFrame, shards
         (observations["shard"] != observations["obs"] // size) | (observations["slot"] != observations["obs"] % size)
     ]
     problems += [f"observation {o}: shard/slot do not match its index" for o in misplaced["obs"]]
-    counts = observations.groupby("shard").size()
-    listed = shards.set_index("shard")["n_obs"]
-    for shard in sorted(set(counts.index) | set(listed.index)):
-        if counts.get(shard, 0) != listed.get(shard, 0):
-            problems.append(
-                f"shard {shard}: {counts.get(shard, 0)} observations point at it, "
-                f"shards table says {listed.get(shard, 0)}"
-            )
+    ranges = shards.set_index("shard")[["first_obs", "n_obs"]]
+    placed = observations.join(ranges, on="shard")
+    unplaced = placed[placed["first_obs"].isna()]
+    problems += [
+        f"observation {o}: shard {s} is not in the shards table"
+        for o, s in zip(unplaced["obs"], unplaced["shard"], strict=True)
+    ]
+    outside = placed[(placed["obs"] < placed["first_obs"]) | (placed["obs"] >= placed["first_obs"] + placed["n_obs"])]
+    problems += [
+        f"observation {o}: not among the rows written to shard {s}"
+        for o, s in zip(outside["obs"], outside["shard"], strict=True)
+    ]
     return problems
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
+from stages.failpoints import failpoint
 from stages.store import FORMAT_NAME, FORMAT_VERSION, CorpusPaths, sha256_file, write_json_atomic
 
-TABLES = ("scenes", "locations", "observations", "candidates", "shards")
+TABLES = ("scenes", "locations", "observations", "candidates", "shards", "moments", "retired")
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,22 @@ class VersionTables:
     observations: pd.DataFrame
     candidates: pd.DataFrame
     shards: pd.DataFrame
+    moments: pd.DataFrame
+    retired: pd.DataFrame
 
 
 def commit_version(
-    paths: CorpusPaths, version: int, tables: VersionTables, metadata: dict[str, object], stats: dict[str, object]
+    paths: CorpusPaths,
+    version: int,
+    tables: VersionTables,
+    metadata: dict[str, object],
+    stats: dict[str, object],
+    run: dict[str, object],
 ) -> dict:
-    """Write version ``version``'s tables and manifest (with its band statistics), then publish it."""
+    """Write version ``version``'s tables and manifest (band statistics, what made it), then publish it.
+
+    ``metadata`` (rules, bands) goes to ``corpus.json``; ``run`` (source, query) to the manifest.
+    """
     final = paths.version_dir(version)
     if final.exists() and read_current(paths) != version:
         shutil.rmtree(final)  # left by a commit that was killed before it published
@@ -47,16 +58,20 @@ def commit_version(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "version": version,
+        "parent": version - 1 if version > 1 else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "n_obs": len(tables.observations),
         "n_locations": len(tables.locations),
         "n_shards": len(tables.shards),
         "tables": {name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
         "stats": stats,
+        "run": run,
     }
     write_json_atomic(staging / "manifest.json", manifest)
     write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
+    failpoint("commit-staged")
     staging.rename(final)
+    failpoint("commit-renamed")
     write_json_atomic(paths.current, {"version": version})
     return manifest
 

@@ -101,6 +101,8 @@ def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
         "cirrus": layers["quality_cirrus"] != 0,
         "water": layers["quality_classes"] == 2,
     }
+    if masks["nodata"].all():
+        raise ProductCheckError(f"{href}: no valid pixels (the whole scene is nodata)")
     return epsg, _Flags(transform, shape[1], shape[0], masks)
 
 

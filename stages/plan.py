@@ -36,14 +36,16 @@ def plan_corpus(
     scenes: pd.DataFrame,
     rules: Rules,
     known_locations: pd.DataFrame | None = None,
+    placed: pd.DataFrame | None = None,
     first_obs: int = 0,
 ) -> Plan:
     """Decide every candidate's fate and lay out the kept observations.
 
     ``scenes`` gives ``product``, ``datatake``, ``tile`` and ``acquired`` of each inspected scene.
     ``known_locations`` (``location_id`` + key) keeps existing ids stable; new cells get new ids.
-    Observations are ordered location-major, locations in spatial blocks, and numbered from
-    ``first_obs`` (a shard boundary) into shards of ``rules.shard_size``.
+    Observations already ``placed`` (``product`` + key -> ``obs``) keep their index; the others are
+    ordered location-major, locations in spatial blocks, and numbered from ``first_obs`` (a shard
+    boundary) into shards of ``rules.shard_size``.
     """
     table = candidates.merge(scenes[["product", "datatake", "tile", "acquired"]], on="product", how="left")
     table["drop_reason"] = _threshold_reasons(table, rules)
@@ -56,7 +58,7 @@ def plan_corpus(
         "split",
         assign_splits(locations, rules.split_block_cells, rules.val_fraction, rules.test_fraction, rules.split_seed),
     )
-    observations = _layout(kept, locations, rules, first_obs)
+    observations = _layout(kept, locations, rules, placed, first_obs)
     return Plan(table.sort_values(["product", "iy", "ix"], ascending=[True, False, True]), observations, locations)
 
 
@@ -144,13 +146,27 @@ def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.Geo
     return gpd.GeoDataFrame(located, geometry=footprints.geometry.to_list(), crs="EPSG:4326")
 
 
-def _layout(kept: pd.DataFrame, locations: pd.DataFrame, rules: Rules, first_obs: int) -> pd.DataFrame:
-    """Order observations location-major in spatial blocks of cells, then number shards and slots."""
+def _layout(
+    kept: pd.DataFrame, locations: pd.DataFrame, rules: Rules, placed: pd.DataFrame | None, first_obs: int
+) -> pd.DataFrame:
+    """Keep placed observations where they are; order the new ones and number shards and slots."""
     table = kept.merge(locations[["location_id", *KEY, "x", "y", "split"]], on=KEY)
+    table = table.drop(columns=["drop_reason"])
+    if placed is None or placed.empty:
+        return _number(table, rules, first_obs)
+    table = table.merge(placed[["product", *KEY, "obs"]], on=["product", *KEY], how="left")
+    old = table[table["obs"].notna()].astype({"obs": "int64"})
+    old = old.assign(shard=old["obs"] // rules.shard_size, slot=old["obs"] % rules.shard_size)
+    new = _number(table[table["obs"].isna()].drop(columns=["obs"]), rules, first_obs)
+    return pd.concat([old, new], ignore_index=True).sort_values("obs").reset_index(drop=True)
+
+
+def _number(table: pd.DataFrame, rules: Rules, first_obs: int) -> pd.DataFrame:
+    """Order observations location-major in spatial blocks of cells, then number shards and slots."""
     block = rules.block_cells
     table = table.assign(_by=-(table["iy"] // block), _bx=table["ix"] // block, _iy=-table["iy"])
     table = table.sort_values(["epsg", "_by", "_bx", "_iy", "ix", "acquired", "product"])
-    table = table.drop(columns=["_by", "_bx", "_iy", "drop_reason"]).reset_index(drop=True)
+    table = table.drop(columns=["_by", "_bx", "_iy"]).reset_index(drop=True)
     table["obs"] = np.arange(first_obs, first_obs + len(table), dtype=np.int64)
     table["shard"] = table["obs"] // rules.shard_size
     table["slot"] = table["obs"] % rules.shard_size

@@ -72,13 +72,18 @@ class CorpusPaths:
 def create_patch_array(
     path: Path, n_obs: int, wavelengths: np.ndarray, fwhm: np.ndarray, bands: np.ndarray, shard_size: int
 ) -> zarr.Array:
-    """Create (or open, if it has this layout) the patch array and its band coordinates."""
+    """Create the patch array and its band coordinates, or grow an existing one to ``n_obs`` rows.
+
+    Growing rewrites only the array's metadata document (atomically): existing shards stay as they are.
+    """
     root = zarr.open_group(path, mode="a", zarr_format=3)
     if PATCHES in root:
         array = root[PATCHES]
         assert isinstance(array, zarr.Array)
-        if array.shape[1:] != (len(bands), PATCH_PX, PATCH_PX) or array.shape[0] < n_obs:
-            raise ValueError(f"{path}: existing patch array {array.shape} does not fit {n_obs} observations")
+        if array.shape[1:] != (len(bands), PATCH_PX, PATCH_PX) or (array.shards or (0,))[0] != shard_size:
+            raise ValueError(f"{path}: existing patch array {array.shape} has another layout")
+        if array.shape[0] < n_obs:
+            array.resize((n_obs, *array.shape[1:]))
         return array
     array = root.create_array(
         PATCHES,
@@ -105,21 +110,37 @@ def _band_coordinate(root: zarr.Group, name: str, values: np.ndarray, attributes
     array[:] = values
 
 
-def write_obs_coordinates(path: Path, columns: dict[str, np.ndarray], attributes: dict[str, dict[str, Any]]) -> None:
-    """(Re)write the per-observation coordinate arrays (small: one value per patch)."""
+def write_obs_coordinates(
+    path: Path, obs: np.ndarray, columns: dict[str, np.ndarray], attributes: dict[str, dict[str, Any]]
+) -> None:
+    """Write per-observation coordinates (one value per row of the patch array; -1 where no row is listed).
+
+    Arrays are grown in place and their chunks replaced file by file (atomically), never deleted, so a
+    reader opening the store meanwhile always finds them.
+    """
     root = zarr.open_group(path, mode="a", zarr_format=3)
+    patches = root[PATCHES]
+    assert isinstance(patches, zarr.Array)
+    n_rows = patches.shape[0]
     for name, values in columns.items():
-        array = root.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            dimension_names=["obs"],
-            chunks=(max(1, min(len(values), 1 << 16)),),
-            attributes=attributes.get(name, {}),
-            overwrite=True,
-        )
-        array[:] = values
-    root[PATCHES].attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
+        full = np.full(n_rows, -1, dtype=values.dtype)
+        full[obs] = values
+        if name in root:
+            array = root[name]
+            assert isinstance(array, zarr.Array)
+            array.resize((n_rows,))
+        else:
+            array = root.create_array(
+                name,
+                shape=(n_rows,),
+                dtype=values.dtype,
+                dimension_names=["obs"],
+                chunks=(1 << 16,),
+                fill_value=-1,
+                attributes=attributes.get(name, {}),
+            )
+        array[:] = full
+    patches.attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(path)

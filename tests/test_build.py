@@ -215,6 +215,8 @@ def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus
         str(out),
         "--shard-size",
         str(TEST_RULES.shard_size),
+        "--split-block-cells",
+        str(TEST_RULES.split_block_cells),
         "--workers",
         "1",
         "--quiet",

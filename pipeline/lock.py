@@ -1,0 +1,45 @@
+"""One writer at a time: an advisory lock on ``CORPUS/.writer.lock``.
+
+The kernel releases the lock when its holder dies, even by SIGKILL, so a crashed writer never
+leaves a stale lock behind. The file records who holds it, for the message the next writer sees.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+class CorpusLockedError(RuntimeError):
+    """Another process is writing the corpus."""
+
+
+@contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """Hold the corpus's writer lock for the block; raise CorpusLockedError at once if it is taken."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".writer.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CorpusLockedError(
+                f"{root} is being written by {holder}; wait for it to finish (the lock frees itself if it dies)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,112 @@
+"""Assemble a version's tables from the previous version and this run's results (pure pandas)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
+from stages.inspect import InspectResult
+from stages.plan import KEY, Plan
+from stages.rules import FLAGS
+
+PATCH_PIXELS = 128 * 128
+OBSERVATION_COLUMNS = [
+    "obs",
+    "shard",
+    "slot",
+    "location_id",
+    "split",
+    "scene_id",
+    "product",
+    "acquired",
+    "epsg",
+    "ix",
+    "iy",
+    "row",
+    "col",
+    "x",
+    "y",
+    *(f"frac_{flag}" for flag in FLAGS),
+]
+
+
+def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame:
+    """The next version's scene table: known scenes keep their id and state, new ones are added.
+
+    Products already known are not looked at again; the newest processor version of each
+    (datatake, tile) wins across old and new scenes (the loser is marked superseded).
+    """
+    query = found.attrs.get("query", {})
+    if base is None:
+        table = scene_table(keep_newest(records_from_table(found)), query)
+        table.insert(0, "scene_id", np.arange(len(table), dtype=np.int64))
+        return table
+    new = found[~found["product"].isin(base["product"])]
+    table = scene_table(keep_newest(records_from_table(base) + records_from_table(new)), query)
+    ids = dict(zip(base["product"], base["scene_id"], strict=True))
+    fresh = [p for p in table["product"] if p not in ids]
+    start = int(base["scene_id"].max()) + 1 if len(base) else 0
+    ids.update({p: start + i for i, p in enumerate(fresh)})
+    table.insert(0, "scene_id", table["product"].map(ids).astype("int64"))
+    return table
+
+
+def apply_inspection(scenes: pd.DataFrame, inspected: list[InspectResult]) -> pd.DataFrame:
+    """Mark scenes that failed inspection as rejected and fill in CRS codes read from the files."""
+    scenes = scenes.copy()
+    rejected = {r.product: r.reason for r in inspected if r.status == REJECTED}
+    epsg = {r.product: r.epsg for r in inspected if r.epsg is not None}
+    failed = scenes["product"].isin(list(rejected))
+    scenes.loc[failed, "status"] = REJECTED
+    scenes.loc[failed, "reason"] = scenes.loc[failed, "product"].map(rejected)
+    scenes["epsg"] = scenes["product"].map(epsg).astype("Int64").fillna(scenes["epsg"])
+    return scenes
+
+
+def count_per_scene(scenes: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    """Add each scene's number of candidate patches and of observations in this version."""
+    return scenes.assign(
+        n_candidates=scenes["product"].map(plan.candidates["product"].value_counts()).fillna(0).astype(int),
+        n_observations=scenes["product"].map(plan.observations["product"].value_counts()).fillna(0).astype(int),
+    )
+
+
+def observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.DataFrame:
+    """Public observation columns: ids, placement, time, pixel window and flag fractions."""
+    table = observations.merge(scenes[["product", "scene_id"]], on="product", how="left")
+    fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PIXELS).astype("float32") for flag in FLAGS}
+    return table.assign(**fractions)[OBSERVATION_COLUMNS].sort_values("obs").reset_index(drop=True)
+
+
+def location_table(plan: Plan, base: pd.DataFrame | None) -> pd.DataFrame:
+    """Every location ever assigned (ids are never reused), with its number of observations now."""
+    counts = plan.observations["location_id"].value_counts()
+    current = plan.locations.assign(n_obs=plan.locations["location_id"].map(counts).astype("int64"))
+    if base is None:
+        return current
+    gone = base[~base["location_id"].isin(current["location_id"])].assign(n_obs=0)
+    return pd.concat([current, gone[current.columns]], ignore_index=True).sort_values("location_id")
+
+
+def retired_table(
+    base_obs: pd.DataFrame | None, plan: Plan, scenes: pd.DataFrame, version: int, base_retired: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Observations of the previous version that this one no longer lists, and why."""
+    columns = ["obs", "product", "epsg", "ix", "iy", "retired_in", "reason"]
+    if base_obs is None:
+        return pd.DataFrame(columns=columns).astype({"obs": "int64", "retired_in": "int64"})
+    gone = base_obs[~base_obs["obs"].isin(plan.observations["obs"])]
+    reasons = scenes.set_index("product")["reason"]
+    why = [
+        reasons.get(p, "") if reasons.get(p, "").startswith("superseded") else "displaced by a better observation"
+        for p in gone["product"]
+    ]
+    retired = gone[["obs", "product", *KEY]].assign(retired_in=version, reason=why)
+    frames = [f for f in (base_retired, retired) if f is not None and len(f)]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else retired[columns]
+
+
+def ok_scenes(scenes: pd.DataFrame) -> pd.DataFrame:
+    """The scenes in use."""
+    return scenes[scenes["status"] == OK]
