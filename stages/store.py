@@ -76,7 +76,7 @@ def create_patch_array(
 
     Growing rewrites only the array's metadata document (atomically): existing shards stay as they are.
     """
-    root = zarr.open_group(path, mode="a", zarr_format=3)
+    root = zarr.open_group(path, mode="a", zarr_format=3, use_consolidated=False)
     if PATCHES in root:
         array = root[PATCHES]
         assert isinstance(array, zarr.Array)
@@ -118,7 +118,7 @@ def write_obs_coordinates(
     Arrays are grown in place and their chunks replaced file by file (atomically), never deleted, so a
     reader opening the store meanwhile always finds them.
     """
-    root = zarr.open_group(path, mode="a", zarr_format=3)
+    root = zarr.open_group(path, mode="a", zarr_format=3, use_consolidated=False)
     patches = root[PATCHES]
     assert isinstance(patches, zarr.Array)
     n_rows = patches.shape[0]

@@ -1,0 +1,241 @@
+"""Extending a corpus: same content as a fresh build, old shards untouched, safe under crashes and readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog.query import SceneQuery
+from catalog.synth import Example
+from conftest import TEST_RULES, build
+from pipeline.build import BuildOptions, extend_corpus
+from pipeline.cli import main
+from pipeline.lock import writer_lock
+from pipeline.reader import CorpusReader
+from pipeline.verify import verify_corpus
+from stages.failpoints import ENV
+from stages.store import sha256_file
+
+#: Left out of the first build: the reprocessed D and the zone-33 scene E.
+LATER = ("_V010500_", "-DT0000001004_")
+
+
+def _copy_archive(example: Example, dest: Path, keep: bool) -> Path:
+    """Hard-linked copy of the example archive with (keep=True) or without the LATER products."""
+    dest.mkdir(parents=True)
+    for entry in sorted(example.archive.iterdir()):
+        if entry.name.startswith("ENMAP") and any(t in entry.name for t in LATER) != keep:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, copy_function=os.link)
+        else:
+            os.link(entry, dest / entry.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def first_archive(example: Example, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_archive(example, tmp_path_factory.mktemp("first") / "archive", keep=False)
+
+
+def _extend(corpus: Path, source: Path, **kwargs: object) -> dict:
+    options = BuildOptions(source=str(source), out=corpus, query=SceneQuery(), rules=TEST_RULES, progress=False)
+    return extend_corpus(options, **kwargs)  # type: ignore[arg-type]
+
+
+def _fresh_copy(first_archive: Path, tmp_path: Path) -> Path:
+    return build(first_archive, tmp_path / "corpus")
+
+
+def _content(path: Path, version: int | None = None) -> dict[tuple, np.ndarray]:
+    """Observation key (product, epsg, ix, iy) -> pixels, for a version."""
+    reader = CorpusReader(path, version)
+    observations = reader.table("observations")
+    return {
+        (row.product, row.epsg, row.ix, row.iy): reader.read_patch(row.obs)
+        for row in observations.itertuples(index=False)
+    }
+
+
+@pytest.fixture(scope="module")
+def extended(first_archive: Path, example: Example, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    corpus = build(first_archive, tmp_path_factory.mktemp("extended") / "corpus")
+    v1 = CorpusReader(corpus)
+    before = {
+        "shards": {int(s): sha256_file(v1.paths.shard_file(int(s))) for s in v1.table("shards")["shard"]},
+        "locations": v1.table("locations")[["location_id", "epsg", "ix", "iy", "split"]],
+        "content": _content(corpus),
+        "mtimes": {s: v1.paths.shard_file(s).stat().st_mtime_ns for s in v1.table("shards")["shard"]},
+    }
+    manifest = _extend(corpus, example.archive)
+    return {"corpus": corpus, "before": before, "manifest": manifest}
+
+
+def test_extension_equals_a_fresh_build_over_all_scenes(extended: dict, corpus: Path) -> None:
+    got, want = _content(extended["corpus"]), _content(corpus)
+    assert sorted(got) == sorted(want)
+    for key, pixels in want.items():
+        np.testing.assert_array_equal(got[key], pixels, err_msg=str(key))
+    locations = CorpusReader(extended["corpus"]).table("locations")
+    fresh = CorpusReader(corpus).table("locations")
+    key = ["epsg", "ix", "iy"]
+    assert sorted(map(tuple, locations.loc[locations["n_obs"] > 0, key].to_numpy().tolist())) == sorted(
+        map(tuple, fresh[key].to_numpy().tolist())
+    )
+
+
+def test_old_shards_ids_and_splits_are_untouched(extended: dict) -> None:
+    reader = CorpusReader(extended["corpus"])
+    for shard, digest in extended["before"]["shards"].items():
+        assert sha256_file(reader.paths.shard_file(shard)) == digest
+        assert reader.paths.shard_file(shard).stat().st_mtime_ns == extended["before"]["mtimes"][shard]
+    old = extended["before"]["locations"]
+    now = reader.table("locations").merge(old, on=["epsg", "ix", "iy"], suffixes=("", "_old"))
+    assert len(now) == len(old)
+    assert (now["location_id"] == now["location_id_old"]).all() and (now["split"] == now["split_old"]).all()
+    new_shards = reader.table("shards")["shard"]
+    assert new_shards.min() == 0 and set(new_shards) > set(extended["before"]["shards"])
+    first_new = min(set(new_shards) - set(extended["before"]["shards"]))
+    new_obs = reader.table("observations").query("shard >= @first_new")["obs"]
+    assert new_obs.min() == first_new * TEST_RULES.shard_size  # new observations start at a shard boundary
+
+
+def test_the_reprocessed_scene_retires_its_old_observations(extended: dict) -> None:
+    reader = CorpusReader(extended["corpus"])
+    retired = reader.table("retired")
+    old = [k for k in extended["before"]["content"] if "_V010402_" in k[0] and "-DT0000001003_" in k[0]]
+    assert len(old) == 3  # D00, D01, D10 of the old version (its D11 was clouded)
+    assert sorted(retired["product"].unique()) == sorted({k[0] for k in old})
+    assert len(retired) == 3 and set(retired["retired_in"]) == {2}
+    assert retired["reason"].str.startswith("superseded by newer processor version").all()
+    assert extended["manifest"]["n_retired"] == 3
+    # version 1 is still readable, unchanged
+    assert _content(extended["corpus"], 1).keys() == extended["before"]["content"].keys()
+
+
+def test_both_versions_verify_and_are_listed(extended: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = extended["corpus"]
+    assert verify_corpus(CorpusReader(corpus, 1)) == []
+    assert verify_corpus(CorpusReader(corpus, 2)) == []
+    assert main(["versions", str(corpus), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["observations"], r["current"]) for r in rows] == [(1, 9, False), (2, 12, True)]
+    assert main(["info", str(corpus), "--version", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["observations"] == 9
+
+
+def test_statistics_are_updated_over_the_new_training_split(extended: dict) -> None:
+    reader = CorpusReader(extended["corpus"])
+    observations = reader.table("observations")
+    train = observations.loc[observations["split"] == "train", "obs"].to_numpy()
+    values = np.asarray(reader.patches.oindex[np.sort(train)]).astype(np.float64)
+    np.testing.assert_allclose(reader.manifest["stats"]["mean"], values.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(reader.manifest["stats"]["std"], values.std(axis=(0, 2, 3)), rtol=1e-6)
+
+
+def test_dry_run_writes_nothing(first_archive: Path, example: Example, tmp_path: Path) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    listing = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    preview = _extend(corpus, example.archive, dry_run=True)
+    assert preview["new_observations"] == 6  # the reprocessed D's 4 cells and E's 2 kept cells
+    assert preview["retired_observations"] == 3 and preview["observations_after"] == 12
+    assert preview["new_locations"] == 2
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == listing
+
+
+def test_an_extension_with_nothing_new_publishes_nothing(extended: dict, example: Example) -> None:
+    result = _extend(extended["corpus"], example.archive)
+    assert result["unchanged"] is True and result["version"] == 2
+    assert not (extended["corpus"] / "versions" / "v0003").exists()
+
+
+def test_a_second_writer_is_refused_with_a_clear_message(first_archive: Path, tmp_path: Path) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    with writer_lock(corpus):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source", str(first_archive),
+             "--quiet"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{corpus} is being written by pid {os.getpid()}" in result.stderr
+    assert verify_corpus(CorpusReader(corpus)) == []
+
+
+@pytest.mark.parametrize("point", ["before-commit", "commit-staged", "commit-renamed"])
+def test_killed_extension_resumes_to_the_same_corpus(
+    point: str, first_archive: Path, example: Example, extended: dict, tmp_path: Path
+) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    command = [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source",
+               str(example.archive), "--quiet"]  # fmt: skip
+    killed = subprocess.run(command, env={**os.environ, ENV: point}, capture_output=True, check=False)
+    assert killed.returncode == -9
+    assert CorpusReader(corpus).version == 1  # nothing half-visible: readers still see version 1
+    assert verify_corpus(CorpusReader(corpus)) == []
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert CorpusReader(corpus).version == 2
+    assert verify_corpus(CorpusReader(corpus)) == []
+    got, want = _content(corpus), _content(extended["corpus"])
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+READER = textwrap.dedent(
+    """
+    import hashlib, json, sys, time
+    from training import CorpusDataset
+
+    corpus, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    dataset = CorpusDataset(corpus, split=None, unit="observation", version=1, normalize=False)
+    rounds, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline or len(rounds) < 2:
+        digest = hashlib.sha256()
+        for i in range(len(dataset)):
+            digest.update(dataset[i]["image"].numpy().tobytes())
+        rounds.append(digest.hexdigest())
+    json.dump(rounds, open(out, "w"))
+    """
+)
+
+
+def test_a_reader_of_version_1_is_not_disturbed_by_an_extension(
+    first_archive: Path, example: Example, tmp_path: Path
+) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    script = tmp_path / "reader.py"
+    script.write_text(READER)
+    rounds = tmp_path / "rounds.json"
+    reader = subprocess.Popen([sys.executable, str(script), str(corpus), str(rounds), "20"])
+    _extend(corpus, example.archive)
+    assert reader.wait(timeout=120) == 0
+    digests = json.loads(rounds.read_text())
+    assert len(digests) >= 2 and len(set(digests)) == 1
+    assert CorpusReader(corpus).version == 2
+
+
+def test_verify_finds_a_missing_shard_and_a_dangling_row(first_archive: Path, tmp_path: Path) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    reader = CorpusReader(corpus)
+    observations_path = reader.paths.version_dir(1) / "observations.parquet"
+    observations = pd.read_parquet(observations_path)
+    observations.loc[0, "location_id"] = 999_999
+    observations.to_parquet(observations_path, index=False)
+    manifest_path = reader.paths.version_dir(1) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tables"]["observations"] = sha256_file(observations_path)  # as a buggy writer would
+    manifest_path.write_text(json.dumps(manifest))
+    reader.paths.shard_file(1).unlink()
+    problems = verify_corpus(CorpusReader(corpus))
+    assert f"shard 1: file {reader.paths.shard_file(1)} is missing" in problems
+    obs = int(observations.loc[0, "obs"])
+    assert f"observation {obs}: location_id 999999 is not in the locations table" in problems
