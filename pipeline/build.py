@@ -140,6 +140,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         with Client(scheduler) as client:
             yield client
         return
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # the local cluster's chatter is not the user's
     with (
         LocalCluster(
             n_workers=workers,

@@ -115,3 +115,35 @@ def test_transforms_keep_spectra_intact() -> None:
         spectra = {tuple(image[:, r, c].tolist()) for r in range(8) for c in range(8)}
         assert all(tuple(out[:, r, c].tolist()) in spectra for r in range(8) for c in range(8))
     assert RandomResizedCrop(4)(image, generator).shape == (3, 4, 4)
+
+
+def test_patch_reader_equals_zarr_and_checks_the_shard_index(corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import zarr
+
+    from training.shards import PatchReader
+
+    reader = PatchReader(corpus / "patches.zarr" / "patches")
+    array = zarr.open_array(corpus / "patches.zarr", path="patches", mode="r")
+    for obs in range(array.shape[0]):
+        np.testing.assert_array_equal(reader.read(obs), np.asarray(array[obs]))
+    copy = tmp_path / "patches"
+    shutil.copytree(corpus / "patches.zarr" / "patches", copy)
+    shard = copy / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="shard index checksum mismatch"):
+        PatchReader(copy).read(0)
+
+
+def test_patch_reader_falls_back_to_zarr_for_other_layouts(tmp_path: Path) -> None:
+    import zarr
+
+    from training.shards import PatchReader
+
+    values = np.arange(2 * 3 * 4 * 4, dtype=np.int16).reshape(2, 3, 4, 4)
+    array = zarr.create_array(tmp_path / "plain", shape=values.shape, chunks=(1, 3, 4, 4), dtype="int16")
+    array[:] = values
+    np.testing.assert_array_equal(PatchReader(tmp_path / "plain").read(1), values[1])

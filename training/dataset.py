@@ -2,7 +2,7 @@
 
 The index (observations of the split, grouped by location) is built once from the version's
 observations table; ``__getitem__`` makes one Zarr read per view and never lists directories.
-The Zarr array is opened lazily in each process (DataLoader workers open their own handle).
+Each process (every DataLoader worker) makes its own patch reader (``training.shards``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 from torch.utils.data import Dataset
+
+from training.shards import PatchReader
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _UNITS = ("location", "observation")
@@ -65,9 +66,9 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         self.bands = np.arange(len(all_bands)) if bands is None else np.asarray(bands, dtype=np.int64)
         self.wavelength = torch.from_numpy(all_bands[self.bands])
         stats = manifest["stats"]
-        self._mean = torch.tensor(stats["mean"], dtype=torch.float32)[self.bands].view(-1, 1, 1)
-        self._std = torch.tensor(stats["std"], dtype=torch.float32)[self.bands].clamp_min(1e-6).view(-1, 1, 1)
-        self._array: zarr.Array | None = None
+        self._mean = np.asarray(stats["mean"], dtype=np.float32)[self.bands].reshape(-1, 1, 1)
+        self._inv_std = 1 / np.maximum(np.asarray(stats["std"], dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
+        self._reader: PatchReader | None = None
         self._pid = -1
 
     def __len__(self) -> int:
@@ -114,22 +115,25 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         }
 
     def _read(self, obs: int) -> torch.Tensor:
-        patch = np.asarray(self._patches()[obs])
+        patch = self._patches().read(obs)
         if len(self.bands) != patch.shape[0]:
             patch = patch[self.bands]
-        image = torch.from_numpy(patch.astype(np.float32))
-        return (image - self._mean) / self._std if self.normalize else image
+        image = patch.astype(np.float32)
+        if self.normalize:  # in place, in numpy: one pass each, no temporaries
+            image -= self._mean
+            image *= self._inv_std
+        return torch.from_numpy(image)
 
-    def _patches(self) -> zarr.Array:
-        """The patch array, opened once per process (never shared across a fork)."""
-        if self._array is None or self._pid != os.getpid():
-            self._array = zarr.open_array(self.root / "patches.zarr", path="patches", mode="r")
+    def _patches(self) -> PatchReader:
+        """The patch reader, made once per process (never shared across a fork)."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = PatchReader(self.root / "patches.zarr" / "patches")
             self._pid = os.getpid()
-        return self._array
+        return self._reader
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_array"] = None
+        state["_reader"] = None
         return state
 
 
