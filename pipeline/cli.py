@@ -11,6 +11,7 @@ from pathlib import Path
 
 from catalog.query import SceneQuery
 from stages.rules import Rules
+from training.train_cli import add_train_parser
 
 log = logging.getLogger("spectral_corpus")
 
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     versions.add_argument("corpus", type=Path)
     versions.add_argument("--json", action="store_true")
     versions.set_defaults(run=_versions)
+
+    add_train_parser(commands)
 
     info = commands.add_parser("info", help="summarise a corpus")
     info.add_argument("corpus", type=Path)

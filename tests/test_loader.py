@@ -147,3 +147,10 @@ def test_patch_reader_falls_back_to_zarr_for_other_layouts(tmp_path: Path) -> No
     array = zarr.create_array(tmp_path / "plain", shape=values.shape, chunks=(1, 3, 4, 4), dtype="int16")
     array[:] = values
     np.testing.assert_array_equal(PatchReader(tmp_path / "plain").read(1), values[1])
+
+
+def test_every_rank_gets_items_when_there_are_fewer_shards_than_ranks(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="observation")
+    world = len(dataset.shard_groups()) + 2
+    lengths = {len(list(ShardAwareSampler(dataset, rank=r, world_size=world))) for r in range(world)}
+    assert len(lengths) == 1 and lengths.pop() > 0

@@ -3,7 +3,19 @@
 Reads a corpus only through its public format: the Zarr store, the version's tables and manifest.
 """
 
-from training.dataset import CorpusDataset
-from training.sampler import ShardAwareSampler
+from typing import Any
 
 __all__ = ["CorpusDataset", "ShardAwareSampler"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the torch-based parts on first use, so ``training.config`` stays light."""
+    if name == "CorpusDataset":
+        from training.dataset import CorpusDataset
+
+        return CorpusDataset
+    if name == "ShardAwareSampler":
+        from training.sampler import ShardAwareSampler
+
+        return ShardAwareSampler
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

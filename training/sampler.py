@@ -64,6 +64,8 @@ class ShardAwareSampler(Sampler[int]):
             rng.permutation(self.groups[s]) if self.shuffle else self.groups[s] for s in self.rank_shards()[self.rank]
         ]
         mine = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        if not len(mine) and self.groups:  # fewer shards than ranks: share items, not shards
+            mine = np.concatenate(self.groups)[self.rank :: self.world_size]
         if len(mine) and len(mine) < len(self):
             mine = np.resize(mine, len(self))  # pad with this rank's own items
         offset = self.epoch * self.size
