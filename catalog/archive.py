@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneReco
     """One record per product under ``root``, in path order; other files are ignored.
 
     A product is a folder, or a ``.zip`` file, named after it. Asset hrefs are absolute paths, or
-    ``/vsizip/`` paths into ZIP files. Products that cannot be used give rejected records.
+    ``/vsizip/`` paths into ZIP files. Products that cannot be used give rejected records: among them
+    a folder or file that links out of ``root``, and a ZIP with a member that is absolute, climbs out
+    with ``..`` or is a symbolic link.
     """
     root = root.resolve()
     records = (_record(path, root) for path in _products(root))
@@ -60,10 +63,16 @@ def _zip_record(path: Path) -> SceneRecord:
     name, source = path.stem, str(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.namelist() if not m.endswith("/")]
+            infos = [info for info in archive.infolist() if not info.is_dir()]
+            members = [info.filename for info in infos]
             unsafe = next((m for m in members if _is_unsafe(m)), None)
             if unsafe is not None:
                 return SceneRecord.rejected(name, source, f"unsafe ZIP member {unsafe!r}")
+            link = next((info for info in infos if _is_symlink(info)), None)
+            if link is not None:
+                target = archive.read(link)[:200].decode(errors="replace")
+                reason = f"unsafe ZIP member {link.filename!r}: a symbolic link (to {target!r})"
+                return SceneRecord.rejected(name, source, reason)
             assets = {key: m for m in members if (key := _member_key(m, name))}
             metadata = archive.read(assets["metadata"]) if "metadata" in assets else None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
@@ -76,6 +85,11 @@ def _is_unsafe(member: str) -> bool:
     """True for a member path that is absolute or climbs out of the extraction folder."""
     posix, windows = PurePosixPath(member), PureWindowsPath(member)
     return posix.is_absolute() or bool(windows.drive or windows.root) or ".." in windows.parts
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    """True for a member stored as a Unix symbolic link (its data is the link target, never followed)."""
+    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
 
 
 def _member_key(member: str, name: str) -> str | None:

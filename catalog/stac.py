@@ -4,12 +4,22 @@ Credentials for a STAC API come from the environment: a bearer token in ``SPECTR
 or ``SPECTRAL_CORPUS_STAC_USER`` and ``SPECTRAL_CORPUS_STAC_PASSWORD`` for basic auth, else the API
 host's entry in ``~/.netrc`` (or the file named by ``NETRC``). They are only sent to the API's host and
 never appear in messages, logs or records.
+
+How hard each request is tried (``RetryPolicy``) can be set in the environment too; a search given no
+policy (as from the command line) reads:
+
+- ``SPECTRAL_CORPUS_STAC_RETRIES``: retries after a failed try (default 4, so 5 tries in all);
+- ``SPECTRAL_CORPUS_STAC_TIMEOUT``: seconds to wait for the server to answer a request (default 60);
+- ``SPECTRAL_CORPUS_STAC_BACKOFF``: base of the exponential wait between tries, seconds (default 1);
+- ``SPECTRAL_CORPUS_STAC_MAX_WAIT``: longest wait between tries, also when the server's ``Retry-After``
+  asks for more, seconds (default 60).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +51,10 @@ from catalog.scenes import OK, REJECTED, SceneRecord
 TOKEN_ENV = "SPECTRAL_CORPUS_STAC_TOKEN"
 USER_ENV = "SPECTRAL_CORPUS_STAC_USER"
 PASSWORD_ENV = "SPECTRAL_CORPUS_STAC_PASSWORD"
+RETRIES_ENV = "SPECTRAL_CORPUS_STAC_RETRIES"
+TIMEOUT_ENV = "SPECTRAL_CORPUS_STAC_TIMEOUT"
+BACKOFF_ENV = "SPECTRAL_CORPUS_STAC_BACKOFF"
+MAX_WAIT_ENV = "SPECTRAL_CORPUS_STAC_MAX_WAIT"
 #: HTTP statuses worth another try.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 NO_IMAGE = "STAC item has no spectral image asset"
@@ -61,6 +75,36 @@ class RetryPolicy:
     backoff_s: float = 1.0
     max_wait_s: float = 60.0
     timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The default policy with what ``SPECTRAL_CORPUS_STAC_RETRIES``, ``_TIMEOUT``, ``_BACKOFF`` and
+        ``_MAX_WAIT`` set (see the module docstring); raise ValueError naming a variable that is not a
+        usable number."""
+        env = os.environ if environ is None else environ
+        default = cls()
+        retries = _env_number(env, RETRIES_ENV, default.attempts - 1, whole=True, positive=False)
+        return cls(
+            attempts=int(retries) + 1,
+            backoff_s=_env_number(env, BACKOFF_ENV, default.backoff_s, whole=False, positive=False),
+            max_wait_s=_env_number(env, MAX_WAIT_ENV, default.max_wait_s, whole=False, positive=False),
+            timeout_s=_env_number(env, TIMEOUT_ENV, default.timeout_s, whole=False, positive=True),
+        )
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool, positive: bool) -> float:
+    """A number from the environment: ``default`` when unset or empty; ValueError naming ``name`` if bad."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(int(text)) if whole else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = ("a positive" if positive else "a non-negative") + (" whole" if whole else "")
+        raise ValueError(f"{name}={text!r} is not {kind} number")
+    return value
 
 
 # --- items -> records ------------------------------------------------------------------------------
@@ -145,9 +189,10 @@ def search_stac_api(
 
     Cloud cover and quality go to the server as a CQL2 filter when it conforms to the filter extension
     (and ``server_filter``); ``query.matches`` then checks every record on the client as well.
-    Raises StacApiError when the API refuses the credentials or keeps failing.
+    Without ``policy``, ``RetryPolicy.from_env()``. Raises StacApiError when the API refuses the
+    credentials or keeps failing.
     """
-    policy = policy or RetryPolicy()
+    policy = policy or RetryPolicy.from_env()
     if urlsplit(url).username is not None:
         raise ValueError(f"put STAC API credentials in the environment, not in the URL: {_HOW_TO_AUTHENTICATE}")
     credentials = _credentials(url)

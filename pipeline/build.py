@@ -41,7 +41,7 @@ from pipeline.reader import CorpusReader
 from stages.commit import VersionTables, commit_version, read_current
 from stages.failpoints import failpoint
 from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
-from stages.materialize import ShardResult, materialize_shard, shard_marker
+from stages.materialize import SceneReadError, ShardResult, materialize_shard, shard_marker
 from stages.plan import Plan, plan_corpus
 from stages.rules import Rules
 from stages.stats import Moments, merge_all, shard_moments
@@ -79,6 +79,7 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
 
     With ``dry_run`` nothing is written to the corpus: the result says what would be added.
     """
+    CorpusReader(options.out)  # is it a corpus? (before the lock, which would create the directory)
     with writer_lock(options.out):
         base = CorpusReader(options.out)
         options = replace(options, rules=Rules.from_dict(base.metadata["rules"]))
@@ -91,46 +92,80 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
 def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_run: bool) -> dict[str, Any]:
     paths = CorpusPaths(options.out)
     version = (base.version if base else 0) + 1
-    work.mkdir(parents=True, exist_ok=True)
-    _check_same_run(work, options, version)
-    scenes = tables.merge_scenes(base.table("scenes") if base else None, _catalog(work, options))
+    scenes = _scenes(work, options, base, version)
     known = set(base.table("scenes")["product"]) if base else set()
     new = [r for r in records_from_table(tables.ok_scenes(scenes)) if r.product not in known]
     _say(options.progress, f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
-    if scenes.empty:
-        raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
     with dask_client(options.workers, options.scheduler) as client:
         inspected = _inspect(client, work, new, options.progress)
         scenes = tables.apply_inspection(scenes, inspected)
-        plan = _plan(base, scenes, inspected, options.rules)
-        added = plan.observations[plan.observations["shard"] >= _first_shard(base)]
-        _say(options.progress, f"plan        {len(added)} new observations, {len(plan.observations)} in all")
-        if dry_run:
-            return _preview(base, scenes, plan, added, version)
-        if base is not None and added.empty and len(plan.observations) == base.manifest["n_obs"]:
-            shutil.rmtree(work)
-            _say(options.progress, f"unchanged   nothing new in {options.source}; version {base.version} stays current")
-            return {**base.manifest, "unchanged": True}
-        bands = selected_bands(options.rules.bands)
-        table = band_table().set_index("band").loc[bands]
-        n_rows = max(int(plan.observations["obs"].max()) + 1 if len(plan.observations) else 0, _rows(base))
-        create_patch_array(
-            paths.zarr,
-            n_rows,
-            table["center_nm"].to_numpy(),
-            table["fwhm_nm"].to_numpy(),
-            bands,
-            options.rules.shard_size,
-        )
-        shards = _materialize(client, paths, scenes, added, bands, options.progress)
+        while True:  # until every new shard is written; a scene that cannot be read is rejected, then re-plan
+            scenes = tables.reject(scenes, _read_failures(work))
+            plan = _plan(base, scenes, inspected, options.rules)
+            added = plan.observations[plan.observations["shard"] >= _first_shard(base)]
+            _say(options.progress, f"plan        {len(added)} new observations, {len(plan.observations)} in all")
+            if dry_run:
+                return _preview(base, scenes, plan, added, version)
+            if base is not None and added.empty and len(plan.observations) == base.manifest["n_obs"]:
+                shutil.rmtree(work)
+                _say(options.progress, f"unchanged   nothing new; version {base.version} stays current")
+                return {**base.manifest, "unchanged": True}
+            _prepare_array(paths, plan, base, options.rules)
+            shards, failures = _materialize(client, paths, scenes, added, options.rules, options.progress)
+            if not failures:
+                break
+            _record_read_failures(work, paths, scenes, failures)
         if base is not None:
             shards = pd.concat([base.table("shards"), shards], ignore_index=True)
-        moments = _moments(client, paths.root, plan.observations, base, len(bands), options.progress)
+        n_bands = len(selected_bands(options.rules.bands))
+        moments = _moments(client, paths.root, plan.observations, base, n_bands, options.progress)
     failpoint("before-commit")
     manifest = _commit(paths, options, base, version, scenes, plan, shards, moments)
     shutil.rmtree(work)
     _say(options.progress, f"commit      version {manifest['version']} published")
     return manifest
+
+
+def _scenes(work: Path, options: BuildOptions, base: CorpusReader | None, version: int) -> pd.DataFrame:
+    """The next version's scene table; a source that fails or finds nothing leaves no work state."""
+    fresh = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        _check_same_run(work, options, version)
+        found = _catalog(work, options)
+        if found.empty:
+            raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
+    except BaseException:
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return tables.merge_scenes(base.table("scenes") if base else None, found)
+
+
+def _prepare_array(paths: CorpusPaths, plan: Plan, base: CorpusReader | None, rules: Rules) -> None:
+    """Create the patch array, or grow it to hold the planned observations."""
+    bands = selected_bands(rules.bands)
+    table = band_table().set_index("band").loc[bands]
+    n_rows = max(int(plan.observations["obs"].max()) + 1 if len(plan.observations) else 0, _rows(base))
+    create_patch_array(
+        paths.zarr, n_rows, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(), bands, rules.shard_size
+    )
+
+
+def _read_failures(work: Path) -> dict[str, str]:
+    """Products found unreadable while writing shards (kept so a resumed run rejects them too)."""
+    path = work / "read_failures.json"
+    failures: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    return failures
+
+
+def _record_read_failures(work: Path, paths: CorpusPaths, scenes: pd.DataFrame, failures: dict[str, str]) -> None:
+    """Remember the unreadable products and forget this run's shard markers: the new shards are re-planned."""
+    product_of = {json.loads(a).get("image"): p for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    recorded = {**_read_failures(work), **{product_of[href]: reason for href, reason in failures.items()}}
+    write_json_atomic(work / "read_failures.json", recorded)
+    for marker in (paths.build / "shards").glob("*.json"):
+        marker.unlink()
 
 
 @contextmanager
@@ -216,7 +251,7 @@ def _load_inspect(path: Path) -> InspectResult:
 def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
     """Plan over every scene in use: the known scenes' candidates plus the new ones."""
     in_use = set(tables.ok_scenes(scenes)["product"])
-    frames = [r.candidates for r in inspected if r.status == OK and len(r.candidates)]
+    frames = [r.candidates for r in inspected if r.product in in_use and len(r.candidates)]
     if base is not None:
         known = base.table("candidates")
         frames.insert(0, known.loc[known["product"].isin(in_use), CANDIDATE_COLUMNS])
@@ -266,22 +301,34 @@ def _preview(
 
 
 def _materialize(
-    client: Client, paths: CorpusPaths, scenes: pd.DataFrame, added: pd.DataFrame, bands: np.ndarray, progress: bool
-) -> pd.DataFrame:
-    """Write every new shard that has no marker yet; return the table of the new shards."""
+    client: Client, paths: CorpusPaths, scenes: pd.DataFrame, added: pd.DataFrame, rules: Rules, progress: bool
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
     hrefs = {p: json.loads(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
     observations = added.assign(href=added["product"].map(hrefs))
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
     groups = dict(tuple(observations.groupby("shard")))
+    bands = selected_bands(rules.bands)
     todo = [int(s) for s in groups if not shard_marker(paths, int(s)).exists()]
     tasks = [
-        (f"materialize-{s}", materialize_shard, (paths.root, s, groups[s][["obs", "href", "row", "col"]], bands))
+        (f"materialize-{s}", materialize_task, (paths.root, s, groups[s][["obs", "href", "row", "col"]], bands))
         for s in todo
     ]
-    _run(client, tasks, "materialize", progress)
+    failures = {r["href"]: r["reason"] for r in _run(client, tasks, "materialize", progress) if r is not None}
+    if failures:
+        return pd.DataFrame(), failures
     results = [ShardResult(**json.loads(shard_marker(paths, int(s)).read_text())) for s in sorted(groups)]
-    return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__))
+    return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__)), {}
+
+
+def materialize_task(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> dict[str, str] | None:
+    """Dask task: write one shard; an unreadable image is reported (href, reason), not raised."""
+    try:
+        materialize_shard(corpus, shard, rows, bands)
+    except SceneReadError as error:
+        return {"href": error.href, "reason": str(error)}
+    return None
 
 
 def _moments(

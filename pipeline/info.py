@@ -13,8 +13,11 @@ REASON_GROUPS = (
     ("superseded", "superseded by a newer processor version"),
     ("another copy", "duplicate copy of a product"),
     ("truncated", "truncated file"),
+    ("data is corrupt", "corrupt raster data"),
     ("unsafe", "unsafe archive member"),
+    ("resolves outside the archive", "unsafe archive member"),
     ("corrupt ZIP", "corrupt ZIP file"),
+    ("METADATA.XML disagrees", "METADATA.XML disagrees with the image"),
     ("METADATA.XML", "missing or bad METADATA.XML"),
     ("image asset", "no spectral image"),
     ("no SPECTRAL_IMAGE", "no spectral image"),
@@ -24,11 +27,18 @@ REASON_GROUPS = (
     ("CRS", "CRS or grid off the EnMAP lattice"),
     ("geotransform", "CRS or grid off the EnMAP lattice"),
     ("lattice", "CRS or grid off the EnMAP lattice"),
+    ("no valid pixels", "no valid pixels"),
 )
 
 
 def reason_group(reason: str) -> str:
-    """The group a rejection reason belongs to (``unreadable`` when none matches)."""
+    """The group a rejection reason belongs to (``unreadable`` when none matches).
+
+    A reason that starts with the file it is about (``/path/x.TIF: ...``) is matched after that prefix,
+    so words in the path cannot decide the group.
+    """
+    if reason.startswith(("/", "http://", "https://")) and ": " in reason:
+        reason = reason.split(": ", 1)[1]
     return next((group for text, group in REASON_GROUPS if text in reason), "unreadable")
 
 

@@ -54,13 +54,18 @@ def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame
 
 def apply_inspection(scenes: pd.DataFrame, inspected: list[InspectResult]) -> pd.DataFrame:
     """Mark scenes that failed inspection as rejected and fill in CRS codes read from the files."""
-    scenes = scenes.copy()
-    rejected = {r.product: r.reason for r in inspected if r.status == REJECTED}
+    scenes = reject(scenes, {r.product: r.reason for r in inspected if r.status == REJECTED})
     epsg = {r.product: r.epsg for r in inspected if r.epsg is not None}
-    failed = scenes["product"].isin(list(rejected))
-    scenes.loc[failed, "status"] = REJECTED
-    scenes.loc[failed, "reason"] = scenes.loc[failed, "product"].map(rejected)
     scenes["epsg"] = scenes["product"].map(epsg).astype("Int64").fillna(scenes["epsg"])
+    return scenes
+
+
+def reject(scenes: pd.DataFrame, reasons: dict[str, str]) -> pd.DataFrame:
+    """The scene table with the named products rejected for the given reasons."""
+    scenes = scenes.copy()
+    failed = scenes["product"].isin(list(reasons))
+    scenes.loc[failed, "status"] = REJECTED
+    scenes.loc[failed, "reason"] = scenes.loc[failed, "product"].map(reasons)
     return scenes
 
 

@@ -2,6 +2,8 @@
 
 Reads the quality layers and the first band of the spectral image (the nodata mask), never the cube.
 A product that cannot be used yields a rejected result whose reason names the file and the problem.
+When the product's METADATA.XML is a local file (or a member of a local ZIP), the image must agree
+with it on CRS, width, height and band count.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from catalog.bands import N_BANDS, NODATA
-from catalog.product import REQUIRED_QUALITY
+from catalog.errors import ProductError
+from catalog.product import REQUIRED_QUALITY, ProductMetadata, metadata_from_xml
 from catalog.scenes import OK, REJECTED, SceneRecord
 from stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
@@ -63,7 +66,7 @@ def inspect_scene(record: SceneRecord) -> InspectResult:
     """Validate a scene and count its flagged pixels per cell; never raises for bad input."""
     try:
         epsg, flags = _read_flags(record)
-    except (ProductCheckError, GridError, RasterioError, OSError, zipfile.BadZipFile) as error:
+    except (ProductCheckError, ProductError, GridError, RasterioError, OSError, zipfile.BadZipFile) as error:
         return InspectResult(record.product, REJECTED, reason=str(error))
     return InspectResult(record.product, OK, epsg=epsg, candidates=_count_cells(record.product, epsg, flags))
 
@@ -87,9 +90,10 @@ def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
     with rasterio.open(href) as image:
         _check_image(image, href)
         epsg = check_lattice(image.transform, image.crs, href)
+        _check_metadata(assets.get("metadata"), image, epsg, href)
         if record.epsg is not None and record.epsg != epsg:
             raise ProductCheckError(f"{href}: image CRS EPSG:{epsg} disagrees with catalog EPSG:{record.epsg}")
-        nodata = image.read(1) == NODATA
+        nodata = _read_band(image, href) == NODATA
         shape, transform = image.shape, image.transform
     layers = {key: _read_layer(assets[key], shape, transform) for key in REQUIRED_QUALITY}
     masks = {
@@ -114,6 +118,55 @@ def _check_image(image: rasterio.DatasetReader, href: str) -> None:
     if image.nodata is not None and image.nodata != NODATA:
         raise ProductCheckError(f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
     _check_blocks_present(image, href)
+
+
+def _check_metadata(metadata_href: str | None, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
+    """The image must agree with its METADATA.XML (when that is local) on CRS, size and band count."""
+    meta = _local_metadata(metadata_href) if metadata_href else None
+    if meta is None:
+        return
+    pairs = {
+        "EPSG": (meta.epsg, epsg),
+        "width": (meta.width, image.width),
+        "height": (meta.height, image.height),
+        "band count": (meta.n_bands, image.count),
+    }
+    differ = [
+        f"{what} {said} in METADATA.XML, {found} in the image" for what, (said, found) in pairs.items() if said != found
+    ]
+    if differ:
+        raise ProductCheckError(f"{href}: METADATA.XML disagrees with the image: {'; '.join(differ)}")
+
+
+def _local_metadata(href: str) -> ProductMetadata | None:
+    """The parsed METADATA.XML at a local path or ZIP member; None when it is remote."""
+    zipped = _VSIZIP.match(href)
+    if zipped:
+        with zipfile.ZipFile(zipped["archive"]) as zf:
+            if zipped["member"] not in zf.namelist():
+                raise ProductCheckError(f"{href}: METADATA.XML is not in {zipped['archive']}")
+            data = zf.read(zipped["member"])
+    elif "://" in href or href.startswith("/vsi"):
+        return None
+    else:
+        with open(href, "rb") as f:
+            data = f.read()
+    return metadata_from_xml(data, href)
+
+
+def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:
+    """Band 1 of a raster; a block that cannot be decoded is reported with GDAL's reasons."""
+    try:
+        return dataset.read(1)
+    except RasterioError as error:
+        causes: list[str] = []
+        cause: BaseException | None = error
+        while cause is not None:
+            text = str(cause).strip()
+            if text and not text.startswith("Read failed") and not any(text in known for known in causes):
+                causes.append(text)
+            cause = cause.__cause__
+        raise ProductCheckError(f"{href}: data is corrupt ({'; '.join(causes) or error})") from error
 
 
 def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
@@ -150,7 +203,7 @@ def _read_layer(href: str, shape: tuple[int, int], transform: object) -> np.ndar
     with rasterio.open(href) as layer:
         if layer.shape != shape or layer.transform != transform:
             raise ProductCheckError(f"{href}: quality layer grid {layer.shape} differs from the image {shape}")
-        return layer.read(1)
+        return _read_band(layer, href)
 
 
 def _count_cells(product: str, epsg: int, flags: _Flags) -> pd.DataFrame:

@@ -15,10 +15,19 @@ import numpy as np
 import pandas as pd
 import rasterio
 import zarr
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from stages.grid import PATCH_PX
 from stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
+
+
+class SceneReadError(OSError):
+    """A scene's spectral image cannot be read where the shard needs it."""
+
+    def __init__(self, href: str, message: str) -> None:
+        super().__init__(message)
+        self.href = href
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,11 @@ def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndar
     row0, col0 = int(group["row"].min()), int(group["col"].min())
     height = int(group["row"].max()) + PATCH_PX - row0
     width = int(group["col"].max()) + PATCH_PX - col0
-    with rasterio.open(href) as image:
-        block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
+    try:
+        with rasterio.open(href) as image:
+            block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
+    except RasterioError as error:
+        raise SceneReadError(href, f"{href}: data is corrupt ({error})") from error
     for obs, row, col in zip(group["obs"], group["row"], group["col"], strict=True):
         r, c = int(row) - row0, int(col) - col0
         out[int(obs) - first] = block[:, r : r + PATCH_PX, c : c + PATCH_PX]
