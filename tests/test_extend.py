@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,27 @@ def test_killed_extension_resumes_to_the_same_corpus(
     got, want = _content(corpus), _content(extended["corpus"])
     assert got.keys() == want.keys()
     assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_extension_killed_while_writing_shards_resumes(
+    first_archive: Path, example: Example, extended: dict, tmp_path: Path
+) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    command = [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source",
+               str(example.archive), "--quiet", "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, start_new_session=True)
+    markers = corpus / "_build" / "shards"
+    deadline = time.monotonic() + 120
+    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
+    assert verify_corpus(CorpusReader(corpus)) == []
+    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    assert verify_corpus(CorpusReader(corpus)) == []
+    got, want = _content(corpus), _content(extended["corpus"])
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 READER = textwrap.dedent(
