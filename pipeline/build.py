@@ -44,6 +44,7 @@ from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
 from stages.materialize import SceneReadError, ShardResult, materialize_shard, shard_marker
 from stages.plan import Plan, plan_corpus
 from stages.rules import Rules
+from stages.splits import assign_splits
 from stages.stats import Moments, merge_all, shard_moments
 from stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
 
@@ -453,3 +454,40 @@ def _software_version() -> str:
 def _say(progress: bool, line: str) -> None:
     if progress:
         print(line, file=sys.stderr, flush=True)
+
+
+def resplit_corpus(options: BuildOptions, **split: Any) -> dict[str, Any]:
+    """Re-draw the splits with other settings and recompute the statistics; publish version N+1.
+
+    ``split`` holds ``split_block_cells``, ``val_fraction``, ``test_fraction`` or ``split_seed``; the
+    new settings become the corpus's rules. Shards and observations stay as they are.
+    """
+    CorpusReader(options.out)
+    with writer_lock(options.out):
+        base = CorpusReader(options.out)
+        rules = replace(Rules.from_dict(base.metadata["rules"]), **split)
+        if rules == Rules.from_dict(base.metadata["rules"]):  # splits are a pure function of the rules
+            return {**base.manifest, "unchanged": True}
+        locations = base.table("locations")
+        locations["split"] = assign_splits(
+            locations, rules.split_block_cells, rules.val_fraction, rules.test_fraction, rules.split_seed
+        )
+        observations = base.table("observations")
+        observations["split"] = observations["location_id"].map(locations.set_index("location_id")["split"])
+        with dask_client(options.workers, options.scheduler) as client:
+            moments = _moments(
+                client, base.paths.root, observations, base, len(selected_bands(rules.bands)), options.progress
+            )
+        version_tables = VersionTables(
+            scenes=base.table("scenes"),
+            locations=locations,
+            observations=observations,
+            candidates=base.table("candidates"),
+            shards=base.table("shards"),
+            moments=moments,
+            retired=base.table("retired"),
+        )
+        metadata = {**base.metadata, "rules": rules.as_dict()}
+        stats = band_statistics(moments, len(selected_bands(rules.bands)))
+        run: dict[str, object] = {"command": "resplit", "split": split, "software_version": _software_version()}
+        return commit_version(base.paths, base.version + 1, version_tables, metadata, stats, run)

@@ -68,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     versions.add_argument("--json", action="store_true")
     versions.set_defaults(run=_versions)
 
+    resplit = commands.add_parser("resplit", help="re-draw the splits, recompute the statistics, publish a version")
+    resplit.add_argument("corpus", type=Path)
+    resplit.add_argument("--split-block-cells", type=int)
+    resplit.add_argument("--val-fraction", type=float)
+    resplit.add_argument("--test-fraction", type=float)
+    resplit.add_argument("--split-seed", type=int)
+    resplit.add_argument("--workers", type=int, default=2)
+    resplit.add_argument("--scheduler")
+    resplit.add_argument("--quiet", action="store_true")
+    resplit.set_defaults(run=_resplit)
+
     add_train_parser(commands)
 
     info = commands.add_parser("info", help="summarise a corpus")
@@ -199,6 +210,28 @@ def _extend(args: argparse.Namespace) -> int:
             f"published {args.corpus} version {result['version']}: {result['n_obs']} observations at "
             f"{result['n_locations']} locations in {result['n_shards']} shards ({result['n_retired']} retired)"
         )
+    return 0
+
+
+def _resplit(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildOptions, resplit_corpus
+
+    options = BuildOptions(
+        source="",
+        out=args.corpus,
+        query=SceneQuery(),
+        rules=Rules(),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
+    names = ("split_block_cells", "val_fraction", "test_fraction", "split_seed")
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    manifest = resplit_corpus(options, **changes)
+    if manifest.get("unchanged"):
+        print(f"{args.corpus}: splits unchanged; version {manifest['version']} stays current")
+    else:
+        print(f"published {args.corpus} version {manifest['version']} with new splits and statistics")
     return 0
 
 

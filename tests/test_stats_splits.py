@@ -71,3 +71,30 @@ def test_every_observation_of_a_location_is_in_its_location_split(corpus: Path) 
     observations = reader.table("observations")
     assert (observations["split"].to_numpy() == locations.loc[observations["location_id"]].to_numpy()).all()
     assert set(locations) <= {"train", "val", "test"}
+
+
+def test_resplit_publishes_new_splits_and_statistics(corpus: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from pipeline.cli import main
+    from stages.store import sha256_file
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy, copy_function=os.link)  # safe: a corpus's files are replaced, never rewritten
+    before = CorpusReader(copy)
+    shard_digests = [sha256_file(before.paths.shard_file(int(s))) for s in before.table("shards")["shard"]]
+    assert main(["resplit", str(copy), "--split-seed", "7", "--val-fraction", "0.3", "--quiet"]) == 0
+    after = CorpusReader(copy)
+    assert after.version == 2 and after.metadata["rules"]["split_seed"] == 7
+    locations = after.table("locations")
+    expected = assign_splits(locations, 1, 0.3, 0.1, seed=7)
+    assert (locations["split"] == expected).all()
+    observations = after.table("observations")
+    train = np.sort(observations.loc[observations["split"] == "train", "obs"].to_numpy())
+    values = np.asarray(after.patches.oindex[train]).astype(np.float64)
+    np.testing.assert_allclose(after.manifest["stats"]["mean"], values.mean(axis=(0, 2, 3)), rtol=1e-6)
+    assert [sha256_file(after.paths.shard_file(int(s))) for s in after.table("shards")["shard"]] == shard_digests
+    assert CorpusReader(copy, 1).table("locations")["split"].tolist() == before.table("locations")["split"].tolist()
+    assert main(["resplit", str(copy), "--split-seed", "7", "--quiet"]) == 0  # same settings: nothing new
+    assert CorpusReader(copy).version == 2
