@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +43,17 @@ def build(source: str | Path, out: Path, rules: Rules = TEST_RULES, query: Scene
         BuildOptions(source=str(source), out=out, query=query or SceneQuery(), rules=rules, workers=2, progress=False)
     )
     return out
+
+
+def kill_after_first_shard(command: list[str], corpus: Path) -> None:
+    """Run a build or extend command and SIGKILL its whole process group once a first shard is written."""
+    process = subprocess.Popen(command, start_new_session=True)
+    markers = corpus / "_build" / "shards"
+    deadline = time.monotonic() + 120
+    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="session")

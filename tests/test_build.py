@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ from rasterio.windows import from_bounds
 from catalog.bands import selected_bands
 from catalog.query import SceneQuery
 from catalog.synth import Example
-from conftest import TEST_RULES, build
+from conftest import TEST_RULES, build, kill_after_first_shard
 from pipeline.build import BuildOptions, build_corpus
 from pipeline.cli import main
 from pipeline.info import corpus_summary
@@ -221,15 +217,9 @@ def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus
         "1",
         "--quiet",
     ]
-    process = subprocess.Popen(command, start_new_session=True)
-    markers = out / "_build" / "shards"
-    deadline = time.monotonic() + 120
-    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_shard(command, out)
     assert not (out / "CURRENT").exists(), "the build finished before it could be killed"
-    assert len(list(markers.iterdir())) < 3
+    assert len(list((out / "_build" / "shards").iterdir())) < 3
     build(example.archive, out)
     assert verify_corpus(CorpusReader(out)) == []
     _assert_same_corpus(corpus, out)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pytest
 
 from catalog.query import SceneQuery
 from catalog.synth import Example
-from conftest import TEST_RULES, build
+from conftest import TEST_RULES, build, kill_after_first_shard
 from pipeline.build import BuildOptions, extend_corpus
 from pipeline.cli import main
 from pipeline.lock import writer_lock
@@ -198,13 +196,7 @@ def test_extension_killed_while_writing_shards_resumes(
     corpus = _fresh_copy(first_archive, tmp_path)
     command = [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source",
                str(example.archive), "--quiet", "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True)
-    markers = corpus / "_build" / "shards"
-    deadline = time.monotonic() + 120
-    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_shard(command, corpus)
     assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
     assert verify_corpus(CorpusReader(corpus)) == []
     assert subprocess.run(command, capture_output=True, check=False).returncode == 0
