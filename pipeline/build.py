@@ -13,7 +13,6 @@ version is published.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -45,7 +44,7 @@ from stages.materialize import SceneReadError, ShardResult, materialize_shard, s
 from stages.plan import Plan, plan_corpus
 from stages.rules import Rules
 from stages.splits import assign_splits
-from stages.stats import Moments, merge_all, shard_moments
+from stages.stats import Moments, merge_all, moments_key, shard_moments
 from stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
 
 
@@ -182,7 +181,7 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # its HTTP server binds anyway: a free port, never a clash
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
@@ -306,21 +305,32 @@ def _materialize(
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
     hrefs = {p: json.loads(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
-    observations = added.assign(href=added["product"].map(hrefs))
+    observations = added.assign(href=added["product"].map(hrefs), train=added["split"] == "train")
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
     groups = dict(tuple(observations.groupby("shard")))
     bands = selected_bands(rules.bands)
     todo = [int(s) for s in groups if not shard_marker(paths, int(s)).exists()]
     tasks = [
-        (f"materialize-{s}", materialize_task, (paths.root, s, groups[s][["obs", "href", "row", "col"]], bands))
+        (
+            f"materialize-{s}",
+            materialize_task,
+            (paths.root, s, groups[s][["obs", "href", "row", "col", "train"]], bands),
+        )
         for s in todo
     ]
     failures = {r["href"]: r["reason"] for r in _run(client, tasks, "materialize", progress) if r is not None}
     if failures:
         return pd.DataFrame(), failures
-    results = [ShardResult(**json.loads(shard_marker(paths, int(s)).read_text())) for s in sorted(groups)]
+    results = [ShardResult(**_marker(paths, int(s))[0]) for s in sorted(groups)]
     return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__)), {}
+
+
+def _marker(paths: CorpusPaths, shard: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A written shard's marker: its ShardResult fields, and the band moments of its training patches."""
+    marker = json.loads(shard_marker(paths, shard).read_text())
+    moments = marker.pop("moments")
+    return marker, moments
 
 
 def materialize_task(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> dict[str, str] | None:
@@ -339,8 +349,12 @@ def _moments(
     the previous version's moments, the others are computed, one task per shard."""
     train = observations[observations["split"] == "train"]
     groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
-    keys = {s: hashlib.sha256(json.dumps(obs).encode()).hexdigest() for s, obs in groups.items()}
+    keys = {s: moments_key(obs) for s, obs in groups.items()}
     known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
+    written = [_marker(CorpusPaths(corpus), s)[1] for s in groups if shard_marker(CorpusPaths(corpus), s).exists()]
+    if written:  # computed from the patches while they were written: no second read
+        fresh_rows = pd.DataFrame(written).set_index("key")
+        known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])
     todo = [s for s in groups if keys[s] not in known.index]
     done = _run(client, [(f"stats-{s}", shard_moments, (corpus, groups[s], n_bands)) for s in todo], "stats", progress)
     fresh = dict(zip(todo, done, strict=True))

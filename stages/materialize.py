@@ -19,6 +19,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from stages.grid import PATCH_PX
+from stages.stats import moments_key, moments_of
 from stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
 
 
@@ -49,7 +50,9 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     """Cut the patches of one shard from their scenes and write the shard file, then its marker.
 
     ``rows`` holds the shard's observations with ``obs``, ``href`` (spectral image), ``row`` and
-    ``col`` (the patch's upper-left pixel in the scene). ``bands`` are 1-based band numbers.
+    ``col`` (the patch's upper-left pixel in the scene) and ``train`` (in the training split: their
+    band moments are computed from the patches in memory and kept in the marker). ``bands`` are
+    1-based band numbers.
     """
     paths = CorpusPaths(corpus)
     rows = rows.sort_values("obs")
@@ -75,7 +78,13 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
         write_seconds=write_seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    write_json_atomic(shard_marker(paths, shard), asdict(result))
+    train = rows["train"].to_numpy(bool)
+    moments = moments_of(patches[train], len(bands))
+    summary = {
+        "key": moments_key(rows.loc[train, "obs"].tolist()),
+        **{k: v.tolist() for k, v in asdict(moments).items()},
+    }
+    write_json_atomic(shard_marker(paths, shard), {**asdict(result), "moments": summary})
     return result
 
 

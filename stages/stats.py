@@ -7,6 +7,8 @@ merged pairwise (Chan et al.), which is exact in exact arithmetic and stable in 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +61,23 @@ def patch_moments(patch: np.ndarray) -> Moments:
     return Moments(count, mean, m2)
 
 
+def moments_key(observations: list[int]) -> str:
+    """A key naming a set of observations, to reuse their moments when the set has not changed."""
+    return hashlib.sha256(json.dumps(sorted(observations)).encode()).hexdigest()
+
+
+def moments_of(patches: np.ndarray, n_bands: int) -> Moments:
+    """The moments of patches (obs, band, y, x) already in memory."""
+    total = Moments.empty(n_bands)
+    for patch in patches:
+        total = total.merge(patch_moments(patch))
+    return total
+
+
 def shard_moments(corpus: Path, observations: list[int], n_bands: int) -> Moments:
     """Dask task: the moments of some observations (one shard's), reading one patch at a time."""
     array = zarr.open_array(CorpusPaths(corpus).zarr, path=PATCHES, mode="r")
-    total = Moments.empty(n_bands)
-    for obs in observations:
-        total = total.merge(patch_moments(np.asarray(array[obs])))
-    return total
+    return merge_all([moments_of(np.asarray(array[obs : obs + 1]), n_bands) for obs in observations], n_bands)
 
 
 def merge_all(parts: list[Moments], n_bands: int) -> Moments:
