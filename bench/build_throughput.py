@@ -10,8 +10,10 @@ source):
 
 1. the *limit*: each spectral image the corpus uses is read whole (the 202 kept bands, with
    ``rasterio``'s ``image.read(indexes=...)`` as the build does) and encoded with the corpus codec
-   (``PATCH_COMPRESSOR``'s settings) as 128 x 128 patch chunks, in one process and one thread;
-   GeoTIFF decode, codec encode, codec decode and memcpy of the same bytes are reported separately;
+   (``PATCH_COMPRESSOR``'s settings) as 128 x 128 patch chunks, in one process and one thread (best of
+   ``--repeats``); GeoTIFF decode, codec encode, codec decode and memcpy of the same bytes are reported
+   separately. The same is then measured with ``--workers`` processes at once (the *parallel limit*:
+   what one core gives while every core works, as during a build);
 2. the *build*: ``build_corpus`` on a local cluster of ``--workers`` single-threaded Dask workers,
    wall time from catalog to commit (cluster start included), per stage, and the materialize tasks'
    own ``read_seconds + write_seconds`` from ``shards.parquet``;
@@ -22,7 +24,10 @@ source):
 The page cache is warm for both the limit and the build: every file of the archive is read once
 right before each is timed. Throughput is in MB (10^6 bytes) of raw int16 per second per core; the
 headline figures divide the raw size of the 202-band images of every used scene (full image area)
-by the time, as the limit does. One JSON line per replicas value is appended to ``--out``.
+by the time, as the limit does. Other jobs on the machine skew every figure: before each timed part
+the script waits (up to ``--wait-quiet`` seconds) for idle CPUs, and it records the CPU seconds other
+processes used while the build and the limits ran. One JSON line per replicas value is appended to
+``--out``.
 """
 
 from __future__ import annotations
@@ -32,15 +37,16 @@ import functools
 import gc
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -70,7 +76,7 @@ from stages.store import PATCH_COMPRESSOR
 MB = 1e6
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "spectral-corpus-bench"
 #: pipeline.build functions timed as build stages (looked up by name at call time, so wrapping works).
-STAGES = ("_catalog", "_inspect", "_plan", "create_patch_array", "_materialize", "_commit")
+STAGES = ("_catalog", "_inspect", "_plan", "create_patch_array", "_materialize", "_moments", "_commit")
 VERSIONED = ("numpy", "zarr", "numcodecs", "rasterio", "dask", "distributed", "pandas", "spectral-corpus")
 
 
@@ -104,6 +110,38 @@ def warm_page_cache(folder: Path) -> int:
             while block := f.read(1 << 23):
                 total += len(block)
     return total
+
+
+def cached_corpus(cache: Path, replicas: int, seed: int = 0, workers: int = 2) -> Path:
+    """A corpus built (once, default rules) from the cached products of ``replicas``, for the other benchmarks.
+
+    It is keyed like the products only: remove ``cache`` after changing how the build lays out a corpus.
+    """
+    archive, _ = cached_products(cache, replicas, seed)
+    corpus = archive.parent / "corpus"
+    if not (corpus / "CURRENT").exists():
+        shutil.rmtree(corpus, ignore_errors=True)
+        build_corpus(
+            BuildOptions(source=str(archive), out=corpus, query=SceneQuery(), rules=Rules(), workers=workers,
+                         progress=False)
+        )  # fmt: skip
+    return corpus
+
+
+def system_load() -> dict[str, float]:
+    """How busy the machine is right now (other jobs skew every timing): 1 s CPU sample and load averages."""
+    busy = psutil.cpu_percent(interval=1.0)
+    one, five, _ = os.getloadavg()
+    return {"cpu_busy_pct": busy, "loadavg_1m": round(one, 2), "loadavg_5m": round(five, 2)}
+
+
+def wait_for_quiet(max_wait: float, threshold_pct: float = 10.0) -> dict[str, float]:
+    """Wait (up to ``max_wait`` seconds) until the CPUs are nearly idle; return the last load sample."""
+    deadline = time.monotonic() + max_wait
+    load = system_load()
+    while load["cpu_busy_pct"] > threshold_pct and time.monotonic() < deadline:
+        load = system_load()
+    return load
 
 
 # --- the limit: decode + encode of whole images in one thread ------------------------------------
@@ -170,7 +208,7 @@ def time_image(href: str, bands: Sequence[int], codec: numcodecs.Blosc) -> Image
 
 @dataclass
 class Limit:
-    """Single-thread speeds on the used images (median over repeats of the summed seconds)."""
+    """Single-thread speeds on the used images (best over repeats of the summed seconds)."""
 
     images: int
     raw_mb: float
@@ -193,6 +231,21 @@ class Limit:
         self.decode_codec_mb_s = self.raw_mb / self.decode_codec_s
         self.memcpy_mb_s = self.raw_mb / self.memcpy_s
 
+    @classmethod
+    def combine(cls, parts: Sequence[Limit]) -> Limit:
+        """Several processes' limits as one: MB and seconds summed, so speeds are per busy core."""
+        raw = sum(p.raw_mb for p in parts)
+        return cls(
+            images=sum(p.images for p in parts),
+            raw_mb=raw,
+            repeats=parts[0].repeats,
+            decode_tiff_s=sum(p.decode_tiff_s for p in parts),
+            encode_s=sum(p.encode_s for p in parts),
+            decode_codec_s=sum(p.decode_codec_s for p in parts),
+            memcpy_s=sum(p.memcpy_s for p in parts),
+            codec_ratio=sum(p.codec_ratio * p.raw_mb for p in parts) / raw,
+        )
+
 
 @contextmanager
 def single_threaded_blosc() -> Iterator[None]:
@@ -206,7 +259,10 @@ def single_threaded_blosc() -> Iterator[None]:
 
 
 def measure_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int) -> Limit:
-    """Time decode + encode of every image ``repeats`` times, single thread; keep the median of each phase."""
+    """Time decode + encode of every image ``repeats`` times, single thread; keep the best of each phase.
+
+    The best (not the median) because a limit is what the machine can do; other jobs only add time.
+    """
     codec = patch_codec()
     runs: list[list[ImageTimes]] = []
     with single_threaded_blosc():
@@ -214,47 +270,98 @@ def measure_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int) -> L
             runs.append([time_image(href, bands, codec) for href in hrefs])
             gc.collect()
 
-    def median(phase: str) -> float:
-        return statistics.median(sum(getattr(t, phase) for t in run) for run in runs)
+    def best(phase: str) -> float:
+        return min(sum(getattr(t, phase) for t in run) for run in runs)
 
     raw = sum(t.raw_bytes for t in runs[0])
     return Limit(
         images=len(hrefs),
         raw_mb=raw / MB,
         repeats=repeats,
-        decode_tiff_s=median("decode_tiff"),
-        encode_s=median("encode"),
-        decode_codec_s=median("decode_codec"),
-        memcpy_s=median("memcpy"),
+        decode_tiff_s=best("decode_tiff"),
+        encode_s=best("encode"),
+        decode_codec_s=best("decode_codec"),
+        memcpy_s=best("memcpy"),
         codec_ratio=sum(t.encoded_bytes for t in runs[0]) / raw,
     )
+
+
+def measure_parallel_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int, processes: int) -> Limit:
+    """The limit with ``processes`` single-threaded processes at once, each on its share of the images.
+
+    What one core delivers while every core works, as during a build: shared caches, memory bandwidth
+    and the hypervisor's scheduling of the virtual CPUs count here and not in the one-process limit.
+    """
+    shares = [list(hrefs[i::processes]) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        list(pool.map(measure_limit, [[share[0]] for share in shares], [bands] * processes, [1] * processes))
+        parts = list(pool.map(measure_limit, shares, [bands] * processes, [repeats] * processes))
+    return Limit.combine(parts)
+
+
+@dataclass
+class CpuAccount:
+    """CPU seconds of the whole machine while something ran: busy (all processes) and stolen by the hypervisor."""
+
+    busy_s: float = 0.0
+    steal_s: float = 0.0
+
+
+def _cpu_now() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "steal", 0.0)
+
+
+@contextmanager
+def machine_cpu() -> Iterator[CpuAccount]:
+    """Account the machine's busy and stolen CPU seconds over the block."""
+    account = CpuAccount()
+    busy, steal = _cpu_now()
+    try:
+        yield account
+    finally:
+        busy_after, steal_after = _cpu_now()
+        account.busy_s, account.steal_s = busy_after - busy, steal_after - steal
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its children that have been waited for."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 # --- the build: stage timings and worker sampling ------------------------------------------------
 
 
 class WorkerSampler(threading.Thread):
-    """Samples RSS and CPU time of this process's child processes (the Dask workers) until stopped."""
+    """Samples RSS and CPU time of this process's child processes (the Dask workers) until stopped.
 
-    def __init__(self, interval: float = 0.02) -> None:
+    The list of children is refreshed once a second and the samples read only ``/proc/<pid>/stat`` and
+    ``statm``, so the sampler costs about 2 % of a core, not the 10 % a full scan every 20 ms costs.
+    """
+
+    def __init__(self, interval: float = 0.05, rescan: float = 1.0) -> None:
         super().__init__(daemon=True)
-        self.interval = interval
+        self.interval, self.rescan = interval, rescan
         self.peak_rss: dict[int, int] = {}
         self.cpu_seconds: dict[int, float] = {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        me = psutil.Process()
+        me, children, scanned = psutil.Process(), [], 0.0
         while not self._stop_event.wait(self.interval):
-            for child in me.children(recursive=True):
+            if time.monotonic() - scanned > self.rescan:
+                children, scanned = me.children(recursive=True), time.monotonic()
+            for child in children:
                 self._sample(child)
 
     def _sample(self, child: psutil.Process) -> None:
         try:
-            with child.oneshot():
-                rss, cpu = child.memory_info().rss, child.cpu_times()
+            rss, cpu = child.memory_info().rss, child.cpu_times()
         except psutil.Error:
-            return  # exited between listing and sampling
+            return  # exited since the last scan
         self.peak_rss[child.pid] = max(rss, self.peak_rss.get(child.pid, 0))
         self.cpu_seconds[child.pid] = cpu.user + cpu.system
 
@@ -279,7 +386,8 @@ def _timed(name: str, fn: Callable[..., Any], times: dict[str, float]) -> Callab
 @contextmanager
 def stage_timer(times: dict[str, float]) -> Iterator[None]:
     """Time ``pipeline.build``'s stages (and the cluster's start and stop) while the block runs."""
-    originals = {name: getattr(build_module, name) for name in (*STAGES, "dask_client")}
+    present = [name for name in STAGES if hasattr(build_module, name)]  # the build's stages change over time
+    originals = {name: getattr(build_module, name) for name in (*present, "dask_client")}
     client_factory = originals["dask_client"]
 
     @contextmanager
@@ -291,9 +399,9 @@ def stage_timer(times: dict[str, float]) -> Iterator[None]:
             stopping = time.perf_counter()
         times["cluster_stop"] = time.perf_counter() - stopping
 
-    for name in STAGES:
+    for name in present:
         setattr(build_module, name, _timed(name.lstrip("_"), originals[name], times))
-    build_module.dask_client = timed_client  # type: ignore[assignment]
+    build_module.dask_client = timed_client
     try:
         yield
     finally:
@@ -311,17 +419,21 @@ class BuildRun:
     worker_cpu_s: float
     worker_peak_rss_mb: float
     worker_processes: int
+    machine_busy_cpu_s: float
+    machine_steal_cpu_s: float
 
 
 def run_build(archive: Path, out: Path, workers: int, rules: Rules) -> BuildRun:
     """Build a corpus from ``archive`` into ``out`` (which must not exist), timing it."""
     times: dict[str, float] = {}
-    options = BuildOptions(source=str(archive), out=out, query=SceneQuery(), rules=rules, workers=workers, progress=False)
+    options = BuildOptions(
+        source=str(archive), out=out, query=SceneQuery(), rules=rules, workers=workers, progress=False
+    )
     sampler = WorkerSampler()
     main_cpu = psutil.Process().cpu_times()
     sampler.start()
     try:
-        with stage_timer(times):
+        with stage_timer(times), machine_cpu() as account:
             started = time.perf_counter()
             build_corpus(options)
             wall = time.perf_counter() - started
@@ -331,6 +443,8 @@ def run_build(archive: Path, out: Path, workers: int, rules: Rules) -> BuildRun:
     return BuildRun(
         wall_s=wall,
         stages_s=times,
+        machine_busy_cpu_s=account.busy_s,
+        machine_steal_cpu_s=account.steal_s,
         main_cpu_s=(cpu.user + cpu.system) - (main_cpu.user + main_cpu.system),
         worker_cpu_s=sum(sampler.cpu_seconds.values()),
         worker_peak_rss_mb=max(sampler.peak_rss.values(), default=0) / 2**20,
@@ -341,27 +455,53 @@ def run_build(archive: Path, out: Path, workers: int, rules: Rules) -> BuildRun:
 # --- what the corpus holds ---------------------------------------------------------------------
 
 
-def used_images(reader: CorpusReader) -> list[str]:
-    """Spectral image hrefs of the corpus's status-ok scenes, in product order."""
+def used_images(reader: CorpusReader) -> dict[str, str]:
+    """Spectral image href by product of the corpus's status-ok scenes, in product order."""
     scenes = reader.table("scenes").sort_values("product")
     ok = scenes[scenes["status"] == OK]
-    return [json.loads(assets)["image"] for assets in ok["assets"]]
+    return {product: json.loads(assets)["image"] for product, assets in zip(ok["product"], ok["assets"], strict=True)}
 
 
-def window_bytes(observations: pd.DataFrame, n_bands: int) -> int:
-    """Raw bytes the materialize tasks decode: one bounding window per (shard, scene), ``n_bands`` int16."""
+def shard_windows(observations: pd.DataFrame) -> pd.DataFrame:
+    """The bounding window (row0, col0, height, width) each materialize task reads, per (shard, product)."""
     spans = observations.groupby(["shard", "product"]).agg(
-        r0=("row", "min"), r1=("row", "max"), c0=("col", "min"), c1=("col", "max")
+        row0=("row", "min"), row1=("row", "max"), col0=("col", "min"), col1=("col", "max")
     )
-    pixels = (spans["r1"] - spans["r0"] + PATCH_PX) * (spans["c1"] - spans["c0"] + PATCH_PX)
-    return int(pixels.sum()) * n_bands * 2
+    return pd.DataFrame(
+        {
+            "row0": spans["row0"],
+            "col0": spans["col0"],
+            "height": spans["row1"] - spans["row0"] + PATCH_PX,
+            "width": spans["col1"] - spans["col0"] + PATCH_PX,
+        }
+    ).reset_index()
+
+
+def _block_span(start: int, size: int, block: int, limit: int) -> int:
+    """Pixels of the whole blocks that cover [start, start + size), clipped to the image."""
+    first, last = start // block * block, -(-(start + size) // block) * block
+    return min(last, limit) - first
+
+
+def decoded_pixels(windows: pd.DataFrame, hrefs: dict[str, str]) -> int:
+    """Pixels GDAL decompresses for the windows: every TIFF block a window touches is decoded whole."""
+    total = 0
+    for product, group in windows.groupby("product"):
+        with rasterio.open(hrefs[str(product)]) as image:
+            block_y, block_x = image.block_shapes[0]
+            height, width = image.height, image.width
+        for w in group.itertuples():
+            total += _block_span(int(w.row0), int(w.height), block_y, height) * _block_span(
+                int(w.col0), int(w.width), block_x, width
+            )
+    return total
 
 
 # --- one benchmark run -------------------------------------------------------------------------
 
 
-def environment(workers: int, shard_size: int) -> dict[str, Any]:
-    """The context recorded with every result."""
+def machine() -> dict[str, Any]:
+    """Where and with what software a benchmark ran."""
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -372,6 +512,13 @@ def environment(workers: int, shard_size: int) -> dict[str, Any]:
         "versions": {name: package_version(name) for name in VERSIONED},
         "gdal": rasterio.__gdal_version__,
         "gdal_num_threads": os.environ.get("GDAL_NUM_THREADS"),
+    }
+
+
+def environment(workers: int, shard_size: int) -> dict[str, Any]:
+    """The context recorded with every build result."""
+    return {
+        **machine(),
         "workers": workers,
         "threads_per_worker": 1,
         "shard_size": shard_size,
@@ -387,116 +534,201 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+@dataclass
+class CorpusFacts:
+    """What the built corpus holds and what its materialize tasks had to read."""
+
+    summary: dict[str, Any]
+    shards: pd.DataFrame
+    hrefs: dict[str, str]
+    windows: int
+    window_bytes: int
+    decoded_bytes: int
+
+    @classmethod
+    def of(cls, corpus: Path, n_bands: int) -> CorpusFacts:
+        """Read the published corpus's summary and tables."""
+        reader = CorpusReader(corpus)
+        hrefs = used_images(reader)
+        windows = shard_windows(reader.table("observations"))
+        pixels = int((windows["height"] * windows["width"]).sum())
+        return cls(
+            summary=corpus_summary(reader),
+            shards=reader.table("shards"),
+            hrefs=hrefs,
+            windows=len(windows),
+            window_bytes=pixels * n_bands * 2,
+            decoded_bytes=decoded_pixels(windows, hrefs) * n_bands * 2,
+        )
+
+
+@dataclass
+class Limits:
+    """The limit in one process, the limit with every worker's process at once, and others' CPU meanwhile."""
+
+    single: Limit
+    parallel: Limit
+    other_cpu_s: float
+    steal_cpu_s: float
+
+
+def measure_limits(hrefs: Sequence[str], bands: Sequence[int], args: argparse.Namespace) -> Limits:
+    """Both limits on the same images, accounting the CPU that other processes used meanwhile."""
+    own = own_cpu()
+    with machine_cpu() as account:
+        single = measure_limit(hrefs, bands, args.repeats)
+        parallel = measure_parallel_limit(hrefs, bands, args.repeats, args.workers)
+    return Limits(single, parallel, account.busy_s - (own_cpu() - own), account.steal_s)
+
+
 def bench_replicas(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     """Generate (or reuse) the products, build them, measure the limit on the used images; one result row."""
     archive, generated_s = cached_products(args.cache, replicas, args.seed)
     rules = Rules(shard_size=args.shard_size)
+    bands = [int(b) for b in selected_bands(rules.bands)]
     out = Path(tempfile.mkdtemp(prefix=f"corpus-r{replicas}-", dir=args.cache)) / "corpus"
     try:
         warm_page_cache(archive)
+        load = {"before_build": wait_for_quiet(args.wait_quiet)}
         build = run_build(archive, out, args.workers, rules)
         os.sync()  # the shards' write-back must not overlap the limit's timing
-        reader = CorpusReader(out)
-        summary, shards = corpus_summary(reader), reader.table("shards")
-        observations, hrefs = reader.table("observations"), used_images(reader)
-        bands = [int(b) for b in selected_bands(rules.bands)]
+        facts = CorpusFacts.of(out, len(bands))
         warm_page_cache(archive)
-        limit = measure_limit(hrefs, bands, args.repeats)
+        load["before_limit"] = wait_for_quiet(args.wait_quiet)
+        limits = measure_limits(list(facts.hrefs.values()), bands, args)
     finally:
         if not args.keep:
             shutil.rmtree(out.parent, ignore_errors=True)
-    return result_row(replicas, generated_s, limit, build, summary, shards, window_bytes(observations, len(bands)), args)
-
-
-def result_row(
-    replicas: int,
-    generated_s: float,
-    limit: Limit,
-    build: BuildRun,
-    summary: dict[str, Any],
-    shards: pd.DataFrame,
-    window: int,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """All figures of one run as a JSON-ready dict."""
-    read_s, write_s = float(shards["read_seconds"].sum()), float(shards["write_seconds"].sum())
-    written_mb = float(shards["raw_bytes"].sum()) / MB
-    build_mb_s = limit.raw_mb / (build.wall_s * args.workers)
-    task_mb_s = limit.raw_mb / (read_s + write_s)
-    return {
+    own_build_cpu = build.main_cpu_s + build.worker_cpu_s
+    load["other_cpu_s_during_build"] = {"busy": build.machine_busy_cpu_s - own_build_cpu,
+                                        "steal": build.machine_steal_cpu_s}  # fmt: skip
+    load["other_cpu_s_during_limit"] = {"busy": limits.other_cpu_s, "steal": limits.steal_cpu_s}
+    row = {
         **environment(args.workers, args.shard_size),
         "replicas": replicas,
-        "products_generated_s": round(generated_s, 2),
-        "scenes": summary["scenes"],
-        "observations": summary["observations"],
-        "shards": summary["shards"],
-        "scene_raw_mb": round(limit.raw_mb, 2),
-        "window_raw_mb": round(window / MB, 2),
-        "written_raw_mb": round(written_mb, 2),
-        "limit": _rounded(asdict(limit)),
+        "products_generated_s": generated_s,
+        "load": load,
+    }
+    return _rounded({**row, **figures(limits, build, facts, args.workers)})
+
+
+def figures(limits: Limits, build: BuildRun, facts: CorpusFacts, workers: int) -> dict[str, Any]:
+    """All figures of one run as a JSON-ready dict."""
+    limit, shards = limits.single, facts.shards
+    read_s, write_s = float(shards["read_seconds"].sum()), float(shards["write_seconds"].sum())
+    written_mb, decoded_mb = float(shards["raw_bytes"].sum()) / MB, facts.decoded_bytes / MB
+    build_mb_s = limit.raw_mb / (build.wall_s * workers)
+    task_mb_s = limit.raw_mb / (read_s + write_s)
+    at_limit_s = decoded_mb / limit.decode_tiff_mb_s + written_mb / limit.encode_mb_s
+    return {
+        "scenes": facts.summary["scenes"],
+        "observations": facts.summary["observations"],
+        "shards": facts.summary["shards"],
+        "shard_scene_windows": facts.windows,
+        "scene_raw_mb": limit.raw_mb,
+        "window_raw_mb": facts.window_bytes / MB,
+        "decoded_raw_mb": decoded_mb,
+        "written_raw_mb": written_mb,
+        "limit": asdict(limit),
+        "limit_parallel": asdict(limits.parallel),
         "build": {
-            **_rounded(asdict(build)),
-            "materialize_read_s": round(read_s, 3),
-            "materialize_write_s": round(write_s, 3),
-            "per_core_mb_s": round(build_mb_s, 2),
-            "materialize_per_core_mb_s": round(task_mb_s, 2),
-            "written_per_core_mb_s": round(written_mb / (build.wall_s * args.workers), 2),
-            "ratio_to_limit": round(build_mb_s / limit.limit_mb_s, 3),
-            "materialize_ratio_to_limit": round(task_mb_s / limit.limit_mb_s, 3),
-            "materialize_read_mb_s": round(window / MB / read_s, 2),
-            "materialize_write_mb_s": round(written_mb / write_s, 2),
+            **asdict(build),
+            "materialize_read_s": read_s,
+            "materialize_write_s": write_s,
+            "per_core_mb_s": build_mb_s,
+            "ratio_to_limit": build_mb_s / limit.limit_mb_s,
+            "ratio_to_parallel_limit": build_mb_s / limits.parallel.limit_mb_s,
+            "materialize_per_core_mb_s": task_mb_s,
+            "materialize_ratio_to_limit": task_mb_s / limit.limit_mb_s,
+            "materialize_ratio_to_parallel_limit": task_mb_s / limits.parallel.limit_mb_s,
+            "written_per_core_mb_s": written_mb / (build.wall_s * workers),
+            "materialize_read_decoded_mb_s": decoded_mb / read_s,
+            "materialize_write_mb_s": written_mb / write_s,
+            "materialize_at_limit_s": at_limit_s,
+            "materialize_efficiency": at_limit_s / (read_s + write_s),
         },
-        "compression": {"bytes_on_disk": summary["bytes_on_disk"], "ratio": summary["compression_ratio"]},
+        "compression": {"bytes_on_disk": facts.summary["bytes_on_disk"], "ratio": facts.summary["compression_ratio"]},
         "memory": {
-            "task_peak_rss_mb": round(float(shards["peak_rss_mb"].max()), 1),
-            "sampled_worker_peak_rss_mb": round(build.worker_peak_rss_mb, 1),
+            "task_peak_rss_mb": float(shards["peak_rss_mb"].max()),
+            "sampled_worker_peak_rss_mb": build.worker_peak_rss_mb,
         },
     }
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: _rounded(v) if isinstance(v, dict) else round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
+    """Floats rounded to 3 decimals, in nested dicts too."""
+    return {k: _rounded(v) if isinstance(v, dict) else _round(v) for k, v in values.items()}
+
+
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
 
 
 # --- report ------------------------------------------------------------------------------------
 
-TABLE = (
+Row = dict[str, Any]
+
+
+def _pair(first: Any, second: Any) -> str:
+    return f"{first} / {second}"
+
+
+TABLE: tuple[tuple[str, Callable[[Row], Any]], ...] = (
     ("replicas", lambda r: r["replicas"]),
-    ("used scenes", lambda r: r["scenes"]["used"]),
-    ("observations / shards", lambda r: f"{r['observations']} / {r['shards']}"),
-    ("raw MB: scene area / windows read / written", lambda r: f"{r['scene_raw_mb']} / {r['window_raw_mb']} / "
-     f"{r['written_raw_mb']}"),
-    ("limit MB/s/core (decode + encode)", lambda r: r["limit"]["limit_mb_s"]),
+    ("used scenes / observations / shards", lambda r: f"{r['scenes']['used']} / {r['observations']} / {r['shards']}"),
+    ("raw MB: scene area (S) / written", lambda r: _pair(r["scene_raw_mb"], r["written_raw_mb"])),
+    ("raw MB: task windows / decoded tiles", lambda r: _pair(r["window_raw_mb"], r["decoded_raw_mb"])),
+    ("limit MB/s/core: S / (decode + encode)", lambda r: r["limit"]["limit_mb_s"]),
     ("  GeoTIFF decode MB/s", lambda r: r["limit"]["decode_tiff_mb_s"]),
     ("  codec encode MB/s", lambda r: r["limit"]["encode_mb_s"]),
     ("  codec decode MB/s", lambda r: r["limit"]["decode_codec_mb_s"]),
     ("  memcpy MB/s", lambda r: r["limit"]["memcpy_mb_s"]),
+    ("limit, all workers' processes at once", lambda r: r["limit_parallel"]["limit_mb_s"]),
+    ("  GeoTIFF decode / codec encode MB/s", lambda r: _pair(r["limit_parallel"]["decode_tiff_mb_s"],
+                                                            r["limit_parallel"]["encode_mb_s"])),
     ("build wall s", lambda r: r["build"]["wall_s"]),
-    ("  stages s", lambda r: ", ".join(f"{k} {v:.2f}" for k, v in r["build"]["stages_s"].items())),
-    ("build MB/s/core (scene area)", lambda r: r["build"]["per_core_mb_s"]),
+    ("build MB/s/core: S / (wall x workers)", lambda r: r["build"]["per_core_mb_s"]),
     ("  build / limit (target >= 0.5)", lambda r: r["build"]["ratio_to_limit"]),
-    ("materialize task s (read + write)", lambda r: f"{r['build']['materialize_read_s']} + "
+    ("  build / parallel limit", lambda r: r["build"]["ratio_to_parallel_limit"]),
+    ("materialize task s: read + write", lambda r: f"{r['build']['materialize_read_s']} + "
      f"{r['build']['materialize_write_s']}"),
-    ("materialize MB/s/core (scene area)", lambda r: r["build"]["materialize_per_core_mb_s"]),
-    ("  materialize / limit", lambda r: r["build"]["materialize_ratio_to_limit"]),
-    ("  task read MB/s (windows) / write MB/s (written)", lambda r: f"{r['build']['materialize_read_mb_s']} / "
-     f"{r['build']['materialize_write_mb_s']}"),
-    ("worker CPU s / client+scheduler CPU s", lambda r: f"{r['build']['worker_cpu_s']} / {r['build']['main_cpu_s']}"),
+    ("materialize MB/s/core: S / task s", lambda r: r["build"]["materialize_per_core_mb_s"]),
+    ("  materialize / limit, / parallel limit", lambda r: _pair(r["build"]["materialize_ratio_to_limit"],
+                                                               r["build"]["materialize_ratio_to_parallel_limit"])),
+    ("  task decode MB/s (tiles) / write MB/s", lambda r: _pair(r["build"]["materialize_read_decoded_mb_s"],
+                                                             r["build"]["materialize_write_mb_s"])),
+    ("  task s at limit speeds / efficiency", lambda r: _pair(r["build"]["materialize_at_limit_s"],
+                                                             r["build"]["materialize_efficiency"])),
+    ("worker CPU s / client+scheduler CPU s", lambda r: _pair(r["build"]["worker_cpu_s"], r["build"]["main_cpu_s"])),
     ("compression ratio (target <= 0.6)", lambda r: r["compression"]["ratio"]),
     ("  codec ratio on whole images", lambda r: r["limit"]["codec_ratio"]),
-    ("peak RSS MB: task / sampled worker", lambda r: f"{r['memory']['task_peak_rss_mb']} / "
-     f"{r['memory']['sampled_worker_peak_rss_mb']}"),
+    ("other load: CPU busy % before build / limit", lambda r: _pair(r["load"]["before_build"]["cpu_busy_pct"],
+                                                                   r["load"]["before_limit"]["cpu_busy_pct"])),
+    ("other processes' CPU s during build / limits", lambda r: _pair(r["load"]["other_cpu_s_during_build"]["busy"],
+                                                                    r["load"]["other_cpu_s_during_limit"]["busy"])),
+    ("peak RSS MB: task / sampled worker", lambda r: _pair(r["memory"]["task_peak_rss_mb"],
+                                                          r["memory"]["sampled_worker_peak_rss_mb"])),
 )  # fmt: skip
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The results as an aligned text table, one column per run."""
+def stage_lines(rows: Sequence[Row]) -> list[str]:
+    """One line per run: seconds of each build stage."""
+    return [
+        f"replicas {r['replicas']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["build"]["stages_s"].items())
+        for r in rows
+    ]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The results as an aligned text table, one column per run, then the stage seconds."""
     width = max(len(label) for label, _ in TABLE)
-    lines = [f"{label:<{width}}  " + "  ".join(f"{cell(row)!s:>14}" for row in rows) for label, cell in TABLE]
     head = rows[0]
-    lines.insert(0, f"{head['date']}  {head['cpu']} x{head['cpu_count']}  workers {head['workers']}  shard size "
-                 f"{head['shard_size']}  zarr {head['versions']['zarr']}  numcodecs {head['versions']['numcodecs']}")  # fmt: skip
-    return "\n".join(lines)
+    title = (
+        f"{head['date']}  {head['cpu']} x{head['cpu_count']}  workers {head['workers']}  shard size "
+        f"{head['shard_size']}  zarr {head['versions']['zarr']}  numcodecs {head['versions']['numcodecs']}"
+    )
+    lines = [f"{label:<{width}}  " + "  ".join(f"{cell(row)!s:>17}" for row in rows) for label, cell in TABLE]
+    return "\n".join([title, *lines, "build stages (s):", *stage_lines(rows)])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -505,10 +737,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="local Dask workers, one thread each (default: 2)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/build.jsonl"), help="JSON lines appended here")
     parser.add_argument("--shard-size", type=int, default=Rules().shard_size)
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of the limit measurement (median kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the limit measurement (best kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where products and corpora go")
     parser.add_argument("--keep", action="store_true", help="keep the built corpora (under --cache)")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=30.0, help="seconds to wait for idle CPUs before each timed part"
+    )
     return parser
 
 
