@@ -69,6 +69,7 @@ def build_corpus(options: BuildOptions) -> dict[str, Any]:
     """Build a corpus from scratch (or finish an interrupted build); return the version manifest."""
     with writer_lock(options.out):
         published = read_current(CorpusPaths(options.out))
+        _drop_published_work(CorpusPaths(options.out), published)
         if published is not None:
             raise BuildError(f"{options.out} already holds a corpus (version {published}); extend it instead")
         return _update(options, None, CorpusPaths(options.out).build, dry_run=False)
@@ -82,7 +83,8 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
     CorpusReader(options.out)  # is it a corpus? (before the lock, which would create the directory)
     with writer_lock(options.out):
         base = CorpusReader(options.out)
-        options = replace(options, rules=Rules.from_dict(base.metadata["rules"]))
+        _drop_published_work(base.paths, base.version)
+        options = replace(options, rules=Rules.from_dict(base.rules))
         if not dry_run:
             return _update(options, base, base.paths.build, dry_run=False)
         with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
@@ -116,11 +118,14 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_ru
                 break
             _record_read_failures(work, paths, scenes, failures)
         if base is not None:
-            shards = pd.concat([base.table("shards"), shards], ignore_index=True)
+            shards = (
+                pd.concat([base.table("shards"), shards], ignore_index=True) if len(shards) else base.table("shards")
+            )
         n_bands = len(selected_bands(options.rules.bands))
         moments = _moments(client, paths.root, plan.observations, base, n_bands, options.progress)
     failpoint("before-commit")
     manifest = _commit(paths, options, base, version, scenes, plan, shards, moments)
+    failpoint("published")
     shutil.rmtree(work)
     _say(options.progress, f"commit      version {manifest['version']} published")
     return manifest
@@ -162,10 +167,10 @@ def _read_failures(work: Path) -> dict[str, str]:
 def _record_read_failures(work: Path, paths: CorpusPaths, scenes: pd.DataFrame, failures: dict[str, str]) -> None:
     """Remember the unreadable products and forget this run's shard markers: the new shards are re-planned."""
     product_of = {json.loads(a).get("image"): p for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    for marker in (paths.build / "shards").glob("*.json"):  # first: no marker of the old plan may survive
+        marker.unlink()
     recorded = {**_read_failures(work), **{product_of[href]: reason for href, reason in failures.items()}}
     write_json_atomic(work / "read_failures.json", recorded)
-    for marker in (paths.build / "shards").glob("*.json"):
-        marker.unlink()
 
 
 @contextmanager
@@ -187,6 +192,13 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         Client(cluster) as client,
     ):
         yield client
+
+
+def _drop_published_work(paths: CorpusPaths, published: int | None) -> None:
+    """Remove the work state of a run that was killed after it published its version (nothing is left to do)."""
+    marker = paths.build / "options.json"
+    if published is not None and marker.exists() and json.loads(marker.read_text())["version"] <= published:
+        shutil.rmtree(paths.build)
 
 
 def _check_same_run(work: Path, options: BuildOptions, version: int) -> None:
@@ -391,7 +403,9 @@ def _run(
     futures = [client.submit(fn, *args, key=key, pure=False) for key, fn, args in tasks]
     with tqdm(total=len(futures), desc=f"{desc:<11}", unit="task", disable=not progress) as bar:
         for future in as_completed(futures):
-            future.result()
+            if future.status == "error":
+                error = future.exception()
+                raise BuildError(f"task {future.key}: {type(error).__name__}: {error}") from error
             bar.update()
     return [future.result() for future in futures]
 
@@ -479,8 +493,8 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> dict[str, Any]:
     CorpusReader(options.out)
     with writer_lock(options.out):
         base = CorpusReader(options.out)
-        rules = replace(Rules.from_dict(base.metadata["rules"]), **split)
-        if rules == Rules.from_dict(base.metadata["rules"]):  # splits are a pure function of the rules
+        rules = replace(Rules.from_dict(base.rules), **split)
+        if rules == Rules.from_dict(base.rules):  # splits are a pure function of the rules
             return {**base.manifest, "unchanged": True}
         locations = base.table("locations")
         locations["split"] = assign_splits(

@@ -205,6 +205,8 @@ def _extend(args: argparse.Namespace) -> int:
     result = extend_corpus(options, dry_run=args.dry_run)
     if args.dry_run:
         print(json.dumps(result, indent=2))
+    elif result.get("unchanged"):
+        print(f"{args.corpus}: nothing new in {args.source}; version {result['version']} stays current")
     else:
         print(
             f"published {args.corpus} version {result['version']}: {result['n_obs']} observations at "

@@ -31,6 +31,12 @@ class CorpusReader:
             raise CorpusError(f"{self.paths.root}: version {self.version} does not exist")
         self.manifest: dict[str, Any] = json.loads(manifest.read_text())
 
+    @property
+    def rules(self) -> dict[str, Any]:
+        """The rules this version was made with (its manifest's; ``corpus.json`` for older manifests)."""
+        rules: dict[str, Any] = self.manifest.get("rules", self.metadata["rules"])
+        return rules
+
     def table(self, name: str) -> pd.DataFrame:
         """A table of this version (``scenes``, ``locations``, ``observations``, ``candidates``, ``shards``)."""
         path = self.paths.version_dir(self.version) / f"{name}.parquet"

@@ -67,13 +67,17 @@ def commit_version(
         "tables": {name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
         "stats": stats,
         "run": run,
+        "rules": metadata["rules"],
     }
     write_json_atomic(staging / "manifest.json", manifest)
-    write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
+    if not paths.metadata.exists():  # first version: a reader needs it to recognise the corpus at all
+        write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
     failpoint("commit-staged")
     staging.rename(final)
     failpoint("commit-renamed")
     write_json_atomic(paths.current, {"version": version})
+    # corpus.json describes the current version; each manifest keeps the rules it was made with
+    write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
     return manifest
 
 

@@ -18,6 +18,7 @@ import zarr
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from catalog.bands import NODATA
 from stages.grid import PATCH_PX
 from stages.stats import moments_key, moments_of
 from stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
@@ -59,8 +60,10 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     first = int(rows["obs"].iloc[0])
     if not np.array_equal(rows["obs"].to_numpy(), np.arange(first, first + len(rows))):
         raise ValueError(f"shard {shard}: observations are not contiguous")
+    if rows["href"].isna().any():
+        raise ValueError(f"shard {shard}: observations {rows.loc[rows['href'].isna(), 'obs'].tolist()} have no image")
     started = time.perf_counter()
-    patches = np.empty((len(rows), len(bands), PATCH_PX, PATCH_PX), dtype=np.int16)
+    patches = np.full((len(rows), len(bands), PATCH_PX, PATCH_PX), NODATA, dtype=np.int16)
     for href, group in rows.groupby("href", sort=True):
         _cut_patches(str(href), group, bands, patches, first)
     read_seconds = time.perf_counter() - started

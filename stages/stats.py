@@ -1,8 +1,8 @@
 """Per-band mean and standard deviation, shard by shard, merged with the pooled-variance formula.
 
-Each shard's moments come from exact integer sums (int16 values, int64 sums), so a shard's mean and
-sum of squared deviations carry no rounding beyond the final float conversion; shards are then
-merged pairwise (Chan et al.), which is exact in exact arithmetic and stable in floating point.
+Each patch's moments come from exact integer sums (int16 values, int64 sums), so its mean and sum of
+squared deviations carry no rounding beyond one float conversion; patches and then shards are merged
+with the pooled-variance formula (Chan et al.), exact in exact arithmetic and stable in floating point.
 """
 
 from __future__ import annotations

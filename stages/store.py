@@ -84,6 +84,7 @@ def create_patch_array(
             raise ValueError(f"{path}: existing patch array {array.shape} has another layout")
         if array.shape[0] < n_obs:
             array.resize((n_obs, *array.shape[1:]))
+        _band_coordinates(root, wavelengths, fwhm, bands)  # a creation killed midway may have missed them
         return array
     array = root.create_array(
         PATCHES,
@@ -97,10 +98,19 @@ def create_patch_array(
         dimension_names=["obs", "band", "y", "x"],
         attributes={"units": "reflectance x 10000", "scale_factor_reflectance": 1e-4, "nodata": -32768},
     )
-    _band_coordinate(root, "wavelength", wavelengths / 1000.0, {"units": "micrometre"})
-    _band_coordinate(root, "fwhm", fwhm / 1000.0, {"units": "micrometre"})
-    _band_coordinate(root, "band", bands.astype("int16"), {"long_name": "EnMAP L2A band number (1-based)"})
+    _band_coordinates(root, wavelengths, fwhm, bands)
     return array
+
+
+def _band_coordinates(root: zarr.Group, wavelengths: np.ndarray, fwhm: np.ndarray, bands: np.ndarray) -> None:
+    """Write the per-band coordinates that are missing."""
+    for name, values, attributes in (
+        ("wavelength", wavelengths / 1000.0, {"units": "micrometre"}),
+        ("fwhm", fwhm / 1000.0, {"units": "micrometre"}),
+        ("band", bands.astype("int16"), {"long_name": "EnMAP L2A band number (1-based)"}),
+    ):
+        if name not in root:
+            _band_coordinate(root, name, values, attributes)
 
 
 def _band_coordinate(root: zarr.Group, name: str, values: np.ndarray, attributes: dict[str, Any]) -> None:

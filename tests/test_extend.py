@@ -162,10 +162,21 @@ def test_a_second_writer_is_refused_with_a_clear_message(first_archive: Path, tm
     corpus = _fresh_copy(first_archive, tmp_path)
     with writer_lock(corpus):
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source", str(first_archive),
-             "--quiet"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "extend",
+                "--corpus",
+                str(corpus),
+                "--source",
+                str(first_archive),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     assert result.returncode == 2
     assert f"{corpus} is being written by pid {os.getpid()}" in result.stderr
     assert verify_corpus(CorpusReader(corpus)) == []
@@ -176,8 +187,17 @@ def test_killed_extension_resumes_to_the_same_corpus(
     point: str, first_archive: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
-    command = [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source",
-               str(example.archive), "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "extend",
+        "--corpus",
+        str(corpus),
+        "--source",
+        str(example.archive),
+        "--quiet",
+    ]
     killed = subprocess.run(command, env={**os.environ, ENV: point}, capture_output=True, check=False)
     assert killed.returncode == -9
     assert CorpusReader(corpus).version == 1  # nothing half-visible: readers still see version 1
@@ -194,8 +214,19 @@ def test_extension_killed_while_writing_shards_resumes(
     first_archive: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
-    command = [sys.executable, "-m", "pipeline.cli", "extend", "--corpus", str(corpus), "--source",
-               str(example.archive), "--quiet", "--workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "extend",
+        "--corpus",
+        str(corpus),
+        "--source",
+        str(example.archive),
+        "--quiet",
+        "--workers",
+        "1",
+    ]
     kill_after_first_shard(command, corpus)
     assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
     assert verify_corpus(CorpusReader(corpus)) == []
@@ -203,6 +234,29 @@ def test_extension_killed_while_writing_shards_resumes(
     assert verify_corpus(CorpusReader(corpus)) == []
     got, want = _content(corpus), _content(extended["corpus"])
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_extension_killed_after_publishing_is_finished_by_a_rerun(
+    first_archive: Path, example: Example, tmp_path: Path
+) -> None:
+    corpus = _fresh_copy(first_archive, tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "extend",
+        "--corpus",
+        str(corpus),
+        "--source",
+        str(example.archive),
+        "--quiet",
+    ]
+    assert subprocess.run(command, env={**os.environ, ENV: "published"}, check=False).returncode == -9
+    assert CorpusReader(corpus).version == 2 and (corpus / "_build").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "version 2" in rerun.stdout and not (corpus / "_build").exists()
+    assert CorpusReader(corpus).version == 2 and verify_corpus(CorpusReader(corpus)) == []
 
 
 READER = textwrap.dedent(
