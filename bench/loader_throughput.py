@@ -692,7 +692,8 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
     of ``batch_size`` float32 patches into a fresh shared-memory tensor (what ``default_collate`` does
     in a worker), per patch; ``collate_shm_int16``: the same for int16 patches; ``getitem_total``:
     ``CorpusDataset.__getitem__`` (metadata included); ``shm_write_float32``: filling a fresh
-    shared-memory float32 batch (page faults alone, no source to copy).
+    shared-memory float32 batch (page faults alone, no source to copy); ``shm_write_float32_reused``:
+    filling one allocated (and faulted) once; ``anon_write_float32``: filling a fresh ordinary tensor.
     """
     _, source = chunk_bytes(dataset)
     obs = np.asarray(dataset._obs).tolist()
@@ -706,6 +707,8 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
         steps.setdefault(name, []).append((now - since) * 1e3 / items)
         return now
 
+    reused = _shared_empty((batch_size, *source.shape), torch.float32)
+    reused.fill_(0)
     try:
         for _ in range(repeats):
             floats: list[torch.Tensor] = []
@@ -730,7 +733,11 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
                     _stack_shared(ints)
                     t = record("collate_shm_int16", t, batch_size)
                     _shared_empty((batch_size, *source.shape), torch.float32).fill_(0)
-                    record("shm_write_float32", t, batch_size)
+                    t = record("shm_write_float32", t, batch_size)
+                    reused.fill_(0)
+                    t = record("shm_write_float32_reused", t, batch_size)
+                    torch.empty((batch_size, *source.shape), dtype=torch.float32).fill_(0)
+                    record("anon_write_float32", t, batch_size)
                     floats, ints = [], []
             items: list[dict[str, Any]] = []
             for i in range(len(obs)):
