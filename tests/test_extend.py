@@ -52,6 +52,22 @@ def _extend(corpus: Path, source: Path, **kwargs: object) -> dict:
     return extend_corpus(options, **kwargs)  # type: ignore[arg-type]
 
 
+def _extend_command(corpus: Path, source: Path, *options: str) -> list[str]:
+    """The ``spectral-corpus extend`` command line, run as a separate process."""
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "extend",
+        "--corpus",
+        str(corpus),
+        "--source",
+        str(source),
+        "--quiet",
+        *options,
+    ]
+
+
 def _fresh_copy(first_archive: Path, tmp_path: Path) -> Path:
     return build(first_archive, tmp_path / "corpus")
 
@@ -161,22 +177,7 @@ def test_an_extension_with_nothing_new_publishes_nothing(extended: dict, example
 def test_a_second_writer_is_refused_with_a_clear_message(first_archive: Path, tmp_path: Path) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
     with writer_lock(corpus):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "extend",
-                "--corpus",
-                str(corpus),
-                "--source",
-                str(first_archive),
-                "--quiet",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = subprocess.run(_extend_command(corpus, first_archive), capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert f"{corpus} is being written by pid {os.getpid()}" in result.stderr
     assert verify_corpus(CorpusReader(corpus)) == []
@@ -187,17 +188,7 @@ def test_killed_extension_resumes_to_the_same_corpus(
     point: str, first_archive: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "extend",
-        "--corpus",
-        str(corpus),
-        "--source",
-        str(example.archive),
-        "--quiet",
-    ]
+    command = _extend_command(corpus, example.archive)
     killed = subprocess.run(command, env={**os.environ, ENV: point}, capture_output=True, check=False)
     assert killed.returncode == -9
     assert CorpusReader(corpus).version == 1  # nothing half-visible: readers still see version 1
@@ -214,19 +205,7 @@ def test_extension_killed_while_writing_shards_resumes(
     first_archive: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "extend",
-        "--corpus",
-        str(corpus),
-        "--source",
-        str(example.archive),
-        "--quiet",
-        "--workers",
-        "1",
-    ]
+    command = _extend_command(corpus, example.archive, "--workers", "1")
     kill_after_first_shard(command, corpus)
     assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
     assert verify_corpus(CorpusReader(corpus)) == []
@@ -240,17 +219,7 @@ def test_extension_killed_after_publishing_is_finished_by_a_rerun(
     first_archive: Path, example: Example, tmp_path: Path
 ) -> None:
     corpus = _fresh_copy(first_archive, tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "extend",
-        "--corpus",
-        str(corpus),
-        "--source",
-        str(example.archive),
-        "--quiet",
-    ]
+    command = _extend_command(corpus, example.archive)
     assert subprocess.run(command, env={**os.environ, ENV: "published"}, check=False).returncode == -9
     assert CorpusReader(corpus).version == 2 and (corpus / "_build").exists()
     rerun = subprocess.run(command, capture_output=True, text=True, check=False)
