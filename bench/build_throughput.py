@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import rasterio
+from machine_load import wait_for_quiet
 
 import catalog.synth
 import pipeline.build as build_module
@@ -126,22 +127,6 @@ def cached_corpus(cache: Path, replicas: int, seed: int = 0, workers: int = 2) -
                          progress=False)
         )  # fmt: skip
     return corpus
-
-
-def system_load() -> dict[str, float]:
-    """How busy the machine is right now (other jobs skew every timing): 1 s CPU sample and load averages."""
-    busy = psutil.cpu_percent(interval=1.0)
-    one, five, _ = os.getloadavg()
-    return {"cpu_busy_pct": busy, "loadavg_1m": round(one, 2), "loadavg_5m": round(five, 2)}
-
-
-def wait_for_quiet(max_wait: float, threshold_pct: float = 10.0) -> dict[str, float]:
-    """Wait (up to ``max_wait`` seconds) until the CPUs are nearly idle; return the last load sample."""
-    deadline = time.monotonic() + max_wait
-    load = system_load()
-    while load["cpu_busy_pct"] > threshold_pct and time.monotonic() < deadline:
-        load = system_load()
-    return load
 
 
 # --- the limit: decode + encode of whole images in one thread ------------------------------------
@@ -589,12 +574,12 @@ def bench_replicas(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix=f"corpus-r{replicas}-", dir=args.cache)) / "corpus"
     try:
         warm_page_cache(archive)
-        load = {"before_build": wait_for_quiet(args.wait_quiet)}
+        load = {"before_build": wait_for_quiet(args.wait_quiet, 10.0)}
         build = run_build(archive, out, args.workers, rules)
         os.sync()  # the shards' write-back must not overlap the limit's timing
         facts = CorpusFacts.of(out, len(bands))
         warm_page_cache(archive)
-        load["before_limit"] = wait_for_quiet(args.wait_quiet)
+        load["before_limit"] = wait_for_quiet(args.wait_quiet, 10.0)
         limits = measure_limits(list(facts.hrefs.values()), bands, args)
     finally:
         if not args.keep:

@@ -70,6 +70,7 @@ import numpy as np
 import psutil
 import rasterio
 import torch
+from machine_load import system_load, wait_for_quiet
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
 import catalog.synth
@@ -182,27 +183,6 @@ def geotiff_layout(path: Path) -> dict[str, Any]:
 
 
 # --- the machine --------------------------------------------------------------------------------------
-
-
-def system_load() -> dict[str, float]:
-    """How busy the machine is right now: a 1 s CPU sample and the load averages."""
-    busy = psutil.cpu_percent(interval=1.0)
-    one, five, fifteen = os.getloadavg()
-    return {
-        "cpu_busy_pct": busy,
-        "loadavg_1m": round(one, 2),
-        "loadavg_5m": round(five, 2),
-        "loadavg_15m": round(fifteen, 2),
-    }
-
-
-def wait_for_quiet(max_wait: float, threshold_pct: float = 15.0) -> dict[str, float]:
-    """Wait (up to ``max_wait`` seconds) until the CPUs are nearly idle; return the last load sample."""
-    deadline = time.monotonic() + max_wait
-    load = system_load()
-    while load["cpu_busy_pct"] > threshold_pct and time.monotonic() < deadline:
-        load = system_load()
-    return load
 
 
 def versions() -> dict[str, str]:
@@ -568,7 +548,7 @@ def measure(
     consume: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> LoaderResult:
     """Time one loader (made after waiting for quiet CPUs, its workers or threads stopped afterwards)."""
-    load = wait_for_quiet(args.quiet_wait)
+    load = wait_for_quiet(args.quiet_wait, 15.0)
     loader = make()
     try:
         rates, external, samples, first = time_loader(loader, set_epoch, args.epochs, args.repeats, consume)
@@ -960,7 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)),
         "machine": platform.machine(),
-        "load_start": wait_for_quiet(args.start_wait),
+        "load_start": wait_for_quiet(args.start_wait, 15.0),
         "versions": versions(),
         "replicas": args.replicas,
         "seed": args.seed,
