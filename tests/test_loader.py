@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from catalog.bands import band_table
 from pipeline.reader import CorpusReader
 from training import CorpusDataset, ShardAwareSampler
+from training.loader import PatchLoader
 from training.transforms import Compose, RandomFlip, RandomResizedCrop, RandomRot90
+
+AUGMENT = Compose([RandomResizedCrop(64), RandomFlip(), RandomRot90()])
 
 
 def test_observation_items_equal_the_zarr_bytes(corpus: Path) -> None:
@@ -106,6 +109,66 @@ def test_dataloader_with_workers_sees_every_item_once(corpus: Path, workers: int
         assert batches[0]["image2"].shape == batches[0]["image"].shape
 
 
+def expected_batches(dataset: CorpusDataset, order: list[int], size: int) -> list[dict[str, torch.Tensor]]:
+    """What a plain DataLoader makes of the sampler's order: ``default_collate`` of the items."""
+    return [default_collate([dataset[i] for i in order[start : start + size]]) for start in range(0, len(order), size)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(
+    ("unit", "views", "transforms", "normalize"),
+    [("observation", 1, None, False), ("location", 2, AUGMENT, False), ("location", 2, AUGMENT, True)],
+)
+def test_patch_loader_batches_equal_the_items(
+    corpus: Path, workers: int, unit: str, views: int, transforms: Compose | None, normalize: bool
+) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit=unit, views=views, transforms=transforms, normalize=normalize)
+    sampler = ShardAwareSampler(dataset, seed=3)
+    loader = PatchLoader(dataset, 3, sampler, num_workers=workers, persistent_workers=workers > 0)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        expected = expected_batches(dataset, list(sampler), 3)
+        assert len(loader) == len(expected)
+        for batch, reference in zip(loader, expected, strict=True):  # compared as drawn: raw batches are ring views
+            assert batch.keys() == reference.keys()
+            for key, value in reference.items():
+                assert batch[key].shape == value.shape, key
+                torch.testing.assert_close(batch[key].to(value.dtype), value, rtol=0, atol=0)
+            image_type = torch.float32 if normalize else torch.int16
+            assert batch["image"].dtype == image_type
+    side = 64 if transforms else 128
+    assert loader.ring_bytes == views * (2 * workers + 2) * 3 * 202 * side * side * 2
+
+
+def test_patch_loader_keeps_the_last_two_batches_and_restarts_cleanly(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="observation", normalize=False)
+    loader = PatchLoader(dataset, 2, ShardAwareSampler(dataset, shuffle=False), num_workers=2, prefetch_factor=1)
+    reference = expected_batches(dataset, list(loader.index_sampler), 2)
+    held: list[dict[str, torch.Tensor]] = []
+    for number, batch in enumerate(loader):
+        held = [*held[-1:], batch]  # this batch and the one before, both views into the ring
+        for back, kept in enumerate(reversed(held)):
+            np.testing.assert_array_equal(kept["image"].numpy(), reference[number - back]["image"].numpy())
+        if number == 2:
+            break
+    again = [batch["obs"].tolist() for batch in loader]  # a new pass stops the old workers first
+    assert again == [batch["obs"].tolist() for batch in reference]
+
+
+def test_patch_loader_names_a_corrupt_shard(corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    shard = copy / "patches.zarr" / "patches" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    dataset = CorpusDataset(copy, split=None, unit="observation")
+    with pytest.raises(OSError, match=r"c/1/0/0/0: shard index checksum mismatch"):
+        list(PatchLoader(dataset, 4, num_workers=1))
+
+
 def test_transforms_keep_spectra_intact() -> None:
     image = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 8, 8)
     generator = torch.Generator().manual_seed(0)
@@ -115,6 +178,9 @@ def test_transforms_keep_spectra_intact() -> None:
         spectra = {tuple(image[:, r, c].tolist()) for r in range(8) for c in range(8)}
         assert all(tuple(out[:, r, c].tolist()) in spectra for r in range(8) for c in range(8))
     assert RandomResizedCrop(4)(image, generator).shape == (3, 4, 4)
+    counts = torch.full((3, 8, 8), 1234, dtype=torch.int16)
+    resized = RandomResizedCrop(5)(counts, generator)
+    assert resized.dtype == torch.int16 and bool((resized == 1234).all())
 
 
 def test_patch_reader_equals_zarr_and_checks_the_shard_index(corpus: Path, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 The index (observations of the split, grouped by location) is built once from the version's
 observations table; ``__getitem__`` makes one Zarr read per view and never lists directories.
-Each process (every DataLoader worker) makes its own patch reader (``training.shards``).
+``read_batch`` fills caller-owned buffers with a whole batch of raw counts (what
+:class:`training.loader.PatchLoader` uses). Each process (every DataLoader worker) makes its own
+patch reader (``training.shards``); in a worker blosc decodes on the worker's own thread.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch import nn
+from torch.utils.data import Dataset, get_worker_info
 
 from training.shards import PatchReader
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _UNITS = ("location", "observation")
+#: Sample keys of the views, in order.
+VIEW_KEYS = ("image", "image2")
 _PIXEL_M = 30.0
 
 
@@ -33,8 +39,9 @@ class CorpusDataset(Dataset[dict[str, Any]]):
     per patch. Items: ``image`` float32 (C, H, W) (normalised with the corpus statistics when
     ``normalize``), ``image2`` when ``views=2``, ``x``/``y`` (patch centre, map units of ``epsg``),
     ``t`` (acquisition, seconds since 1970), ``wavelength`` (micrometres), ``res`` (m),
-    ``location_id``, ``obs``. ``bands`` selects corpus band positions (0-based). Randomness is seeded
-    from (seed, epoch, index): a sampler may pass ``epoch * len(dataset) + index`` to vary it by epoch.
+    ``location_id``, ``obs``. ``bands`` selects corpus band positions (0-based). ``transforms`` act on
+    the raw int16 counts, before normalisation. Randomness is seeded from (seed, epoch, index): a
+    sampler may pass ``epoch * len(dataset) + index`` to vary it by epoch.
     """
 
     def __init__(
@@ -52,7 +59,8 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         if unit not in _UNITS or views not in (1, 2):
             raise ValueError(f"unit must be one of {_UNITS} and views 1 or 2; got unit={unit!r}, views={views}")
         self.root = Path(corpus)
-        self.unit, self.views, self.normalize, self.transforms, self.seed = unit, views, normalize, transforms, seed
+        self.unit, self.normalize, self.transforms, self.seed = unit, normalize, transforms, seed
+        self.view_keys = VIEW_KEYS[:views]
         manifest = _manifest(self.root, version)
         self.version = int(manifest["version"])
         observations = _observations(self.root, self.version, split)
@@ -75,14 +83,41 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         return len(self._stack_start) if self.unit == "location" else len(self._obs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        epoch, index = divmod(int(index), len(self))
-        generator = torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
-        rows = self._pick_rows(index, generator)
+        rows, generator = self._draw(index)
         sample = self._metadata(rows[0])
-        for key, row in zip(("image", "image2"), rows, strict=False):
-            image = self._read(int(self._obs[row]))
-            sample[key] = self.transforms(image, generator) if self.transforms else image
+        for key, row in zip(self.view_keys, rows, strict=True):
+            image = self._raw(row, generator).numpy().astype(np.float32)
+            if self.normalize:  # in place, in numpy: one pass each, no temporaries
+                image -= self._mean
+                image *= self._inv_std
+            sample[key] = torch.from_numpy(image)
         return sample
+
+    def read_batch(self, indices: Sequence[int], out: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Write the raw int16 counts of the items at ``indices`` into ``out[key][k]`` for each view key.
+
+        The items are those ``__getitem__`` gives (same dates, same transforms) before normalisation;
+        see :meth:`normalizer`. Returns the batch's other keys, stacked as ``default_collate`` would.
+        """
+        first_rows = []
+        for k, index in enumerate(indices):
+            rows, generator = self._draw(index)
+            first_rows.append(rows[0])
+            for key, row in zip(self.view_keys, rows, strict=True):
+                self._raw(row, generator, out[key][k])
+        return self._batch_metadata(np.asarray(first_rows, dtype=np.int64))
+
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape (C, H, W) of an item's images: the selected bands, after the transforms."""
+        patch_shape = self._patches().patch_shape
+        probe = torch.zeros((len(self.bands), *patch_shape[1:]), dtype=torch.int16)
+        if self.transforms:
+            probe = self.transforms(probe, torch.Generator().manual_seed(0))
+        return tuple(probe.shape)
+
+    def normalizer(self) -> Normalize:
+        """The corpus statistics as a module that turns raw counts into normalised float32 images."""
+        return Normalize(self._mean, self._inv_std)
 
     def shard_groups(self) -> list[np.ndarray]:
         """Item indices grouped by the shard that holds them (a location by its first date's shard)."""
@@ -92,41 +127,58 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         bounds = np.flatnonzero(np.diff(shards[order])) + 1
         return [group for group in np.split(order, bounds) if len(group)]
 
+    def _draw(self, index: int) -> tuple[list[int], torch.Generator]:
+        """The observation rows of item ``index`` (one per view) and the generator for its transforms."""
+        epoch, index = divmod(int(index), len(self))
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
+        return self._pick_rows(index, generator), generator
+
     def _pick_rows(self, index: int, generator: torch.Generator) -> list[int]:
+        views = len(self.view_keys)
         if self.unit == "observation":
-            return [index] * self.views
+            return [index] * views
         start, size = int(self._stack_start[index]), int(self._stack_size[index])
-        if self.views == 2 and size > 1:
+        if views == 2 and size > 1:
             first, second = torch.randperm(size, generator=generator)[:2].tolist()
             return [start + first, start + second]
-        return [start + int(torch.randint(size, (1,), generator=generator))] * self.views
+        return [start + int(torch.randint(size, (1,), generator=generator))] * views
 
     def _metadata(self, row: int) -> dict[str, Any]:
-        location_id, x, y, t, epsg, _ = (int(v) for v in self._meta[row])
+        return {key: value[0] for key, value in self._batch_metadata(np.asarray([row])).items()}
+
+    def _batch_metadata(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        location_id, x, y, t, epsg, _ = torch.from_numpy(self._meta[rows]).T
         return {
-            "x": torch.tensor(float(x)),
-            "y": torch.tensor(float(y)),
-            "t": torch.tensor(t),
-            "epsg": torch.tensor(epsg),
-            "wavelength": self.wavelength,
-            "res": torch.tensor(_PIXEL_M),
-            "location_id": torch.tensor(location_id),
-            "obs": torch.tensor(int(self._obs[row])),
+            "x": x.float(),
+            "y": y.float(),
+            "t": t.clone(),
+            "epsg": epsg.clone(),
+            "wavelength": self.wavelength.expand(len(rows), -1).clone(),
+            "res": torch.full((len(rows),), _PIXEL_M),
+            "location_id": location_id.clone(),
+            "obs": torch.from_numpy(self._obs[rows]),
         }
 
-    def _read(self, obs: int) -> torch.Tensor:
-        patch = self._patches().read(obs)
+    def _raw(self, row: int, generator: torch.Generator, out: np.ndarray | None = None) -> torch.Tensor:
+        """Raw int16 counts of observation row ``row``: selected bands, transformed (into ``out`` if given)."""
+        reader = self._patches()
+        obs = int(self._obs[row])
+        direct = out is not None and not self.transforms and len(self.bands) == reader.patch_shape[0]
+        patch = reader.read(obs, out if direct else None)
         if len(self.bands) != patch.shape[0]:
             patch = patch[self.bands]
-        image = patch.astype(np.float32)
-        if self.normalize:  # in place, in numpy: one pass each, no temporaries
-            image -= self._mean
-            image *= self._inv_std
-        return torch.from_numpy(image)
+        image = torch.from_numpy(patch)
+        if self.transforms:
+            image = self.transforms(image, generator)
+        if out is not None and not direct:
+            out[...] = image.numpy()
+        return image
 
     def _patches(self) -> PatchReader:
         """The patch reader, made once per process (never shared across a fork)."""
         if self._reader is None or self._pid != os.getpid():
+            if get_worker_info() is not None:
+                numcodecs.blosc.use_threads = False  # one decode thread per worker, like torch's own ops
             self._reader = PatchReader(self.root / "patches.zarr" / "patches")
             self._pid = os.getpid()
         return self._reader
@@ -135,6 +187,22 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         state = self.__dict__.copy()
         state["_reader"] = None
         return state
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per band, as float32, on whatever device the module and input are on."""
+
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
+    def __init__(self, mean: np.ndarray, inv_std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
+        self.register_buffer("inv_std", torch.as_tensor(inv_std, dtype=torch.float32).reshape(-1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalise raw counts (C, H, W) or (B, C, H, W)."""
+        return (image.float() - self.mean) * self.inv_std
 
 
 def _manifest(root: Path, version: int | None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ CRC32C. A loader reads one inner chunk (one patch) per item, so the per-read ove
 Zarr library dominates: zarr-python, the zarrs pipeline and tensorstore all cost several
 milliseconds per patch on top of the blosc decode (see bench/README.md). This reader caches each
 shard's index, reads the chunk's bytes with ``os.pread`` and decodes them with numcodecs into a
-fresh array. Stores with any other layout are read through zarr-python.
+fresh array or the caller's buffer. Stores with any other layout are read through zarr-python.
 """
 
 from __future__ import annotations
@@ -39,23 +39,25 @@ class PatchReader:
             self._array = zarr.open_array(self.array_dir, mode="r")
         self._index = lru_cache(maxsize=64)(self._read_index)
 
-    def read(self, obs: int) -> np.ndarray:
-        """The patch of observation ``obs``."""
+    def read(self, obs: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The patch of observation ``obs``, decoded into ``out`` when given (C-contiguous, patch shape)."""
+        out = np.empty(self.patch_shape, dtype=self.dtype) if out is None else out
         if self._fast is None:
             assert self._array is not None
-            return np.asarray(self._array[obs])
+            out[...] = self._array[obs]
+            return out
         shard_size, codec = self._fast
         shard, slot = divmod(obs, shard_size)
         index = self._index(shard)
         offset, nbytes = index[slot]
         if offset == _EMPTY:
-            return np.full(self.patch_shape, self.fill_value, dtype=self.dtype)
+            out.fill(self.fill_value)
+            return out
         fd = os.open(self._shard_path(shard), os.O_RDONLY)
         try:
             data = os.pread(fd, int(nbytes), int(offset))
         finally:
             os.close(fd)
-        out = np.empty(self.patch_shape, dtype=self.dtype)
         codec.decode(data, out=out)
         return out
 

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
@@ -184,13 +184,13 @@ def cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
 
 
 class _Stack:
-    """Collate only the views a method trains on: a tuple of stacked tensors, one per key."""
+    """Collate only the views a method trains on: one stacked tensor per key."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = tuple(keys)
 
-    def __call__(self, samples: Sequence[dict[str, Any]]) -> tuple[Tensor, ...]:
-        return tuple(torch.stack([torch.as_tensor(sample[key]) for sample in samples]) for key in self.keys)
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        return {key: torch.stack([torch.as_tensor(sample[key]) for sample in samples]) for key in self.keys}
 
 
 class _Resumable(Sampler[int]):
@@ -217,10 +217,10 @@ class _Resumable(Sampler[int]):
 class _Cycle:
     """Stands in for the data loader: the same few batches, already on the device, for one epoch of steps."""
 
-    def __init__(self, batches: list[tuple[Tensor, ...]], steps: int) -> None:
+    def __init__(self, batches: list[dict[str, Tensor]], steps: int) -> None:
         self.batches, self.steps = batches, steps
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
         return (self.batches[i % len(self.batches)] for i in range(self.steps))
 
 
@@ -353,18 +353,19 @@ class _Trainer:
     def is_main(self) -> bool:
         return self.ctx.rank == 0
 
-    def _loader(self) -> DataLoader[Any]:
-        workers = self.config.num_workers
+    def _loader(self) -> Iterable[dict[str, Tensor]]:
+        """The corpus's :class:`PatchLoader` (normalising on the device), or a DataLoader for other datasets."""
+        from training.dataset import CorpusDataset
+        from training.loader import PatchLoader
+
+        workers, size = self.config.num_workers, self.config.batch_size
+        options: dict[str, Any] = {"num_workers": workers, "drop_last": True, "persistent_workers": workers > 0}
+        options["pin_memory"] = self.ctx.device.type == "cuda"
+        if isinstance(self.dataset, CorpusDataset):
+            return PatchLoader(self.dataset, size, self.sampler, device=self.ctx.device, **options)
+        prefetch = 4 if workers else None
         return DataLoader(
-            self.dataset,
-            batch_size=self.config.batch_size,
-            sampler=self.sampler,
-            num_workers=workers,
-            collate_fn=self.collate,
-            pin_memory=self.ctx.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers else None,
+            self.dataset, size, sampler=self.sampler, collate_fn=self.collate, prefetch_factor=prefetch, **options
         )
 
     def preload(self, count: int) -> None:
@@ -373,7 +374,7 @@ class _Trainer:
         indices = list(islice(iter(self.sampler.inner), count * size))
         chunks = [indices[i : i + size] for i in range(0, len(indices) - size + 1, size)]
         batches = [self.collate([self.dataset[i] for i in chunk]) for chunk in chunks]
-        on_device = [tuple(view.to(self.ctx.device).float() for view in batch) for batch in batches]
+        on_device = [{key: view.to(self.ctx.device).float() for key, view in batch.items()} for batch in batches]
         self.loader = _Cycle(on_device, self.steps_per_epoch)
 
     def fit(self) -> dict[str, float]:
@@ -409,8 +410,9 @@ class _Trainer:
                 self.meter.pause(perf_counter() - saving)
         return last
 
-    def _train_step(self, batch: Sequence[Tensor]) -> Tensor:
-        views = [random_crop(view.to(self.ctx.device, non_blocking=True).float(), self.crop) for view in batch]
+    def _train_step(self, batch: dict[str, Tensor]) -> Tensor:
+        views = [batch[key].to(self.ctx.device, non_blocking=True).float() for key in self.collate.keys]
+        views = [random_crop(view, self.crop) for view in views]
         device_type = self.ctx.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
             loss = self.wrapped(*views)

@@ -45,7 +45,10 @@ class RandomRot90:
 
 
 class RandomResizedCrop:
-    """Crop a random square of ``scale`` of the area and resize it to ``size`` (bilinear, all bands alike)."""
+    """Crop a random square of ``scale`` of the area and resize it to ``size`` (bilinear, all bands alike).
+
+    Integer counts are resampled in float32 and rounded back to their dtype.
+    """
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)) -> None:
         self.size, self.scale = size, scale
@@ -57,5 +60,9 @@ class RandomResizedCrop:
         side = max(1, min(height, width, round((area * height * width) ** 0.5)))
         top = int(torch.randint(height - side + 1, (1,), generator=generator))
         left = int(torch.randint(width - side + 1, (1,), generator=generator))
-        crop = image[..., top : top + side, left : left + side]
-        return F.interpolate(crop.unsqueeze(0), size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        crop = image[..., top : top + side, left : left + side].unsqueeze(0)
+        size = (self.size, self.size)
+        if image.is_floating_point():
+            return F.interpolate(crop, size=size, mode="bilinear", align_corners=False)[0]
+        resized = F.interpolate(crop.float(), size=size, mode="bilinear", align_corners=False)[0]
+        return resized.round_().to(image.dtype)

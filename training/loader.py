@@ -1,0 +1,154 @@
+"""A torch DataLoader that decodes whole batches straight into a reused ring of shared-memory buffers.
+
+A plain ``DataLoader`` over :class:`~training.dataset.CorpusDataset` spends more time moving a
+batch than decoding it: every item becomes its own float32 tensor, and ``default_collate`` in a
+worker stacks them into freshly allocated shared memory, whose page faults cost more than the
+blosc decode (bench/README.md, "Loader"). Here each batch is decoded by one worker, patch by
+patch, into a slot of a ring of int16 buffers that the main process allocates once and shares with
+the workers; the worker returns views of that slot (torch passes a handle, no bytes), and
+normalisation happens after the batch arrives: on the accelerator when ``device`` is given.
+
+The ring has ``prefetch_factor x num_workers + 2`` slots (2 without workers), handed out round-robin
+in the order the batch sampler is drawn; the DataLoader keeps at most ``prefetch_factor x
+num_workers`` batches in flight and returns them in order, so a slot is written again only when the
+second batch after it is drawn. Raw batches (a dataset with ``normalize=False`` and no ``device``)
+are views into the ring: keep one past the next batch only as a ``.clone()``. Normalised,
+pinned or moved batches are copies and stay valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from training.dataset import CorpusDataset
+from training.sampler import ShardAwareSampler
+
+#: A batch as the batch sampler hands it to a worker: the ring slot to fill and the item indices.
+SlotBatch = tuple[int, list[int]]
+
+
+class SlotBatchSampler(Sampler[SlotBatch]):
+    """Group a sampler's indices into batches and give each the next ring slot, round-robin.
+
+    The count carries across epochs and iterators, so a new epoch never starts in the slot of the
+    batch that was handed out last.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, slots: int) -> None:
+        self.batches = BatchSampler(sampler, batch_size, drop_last)
+        self.slots = slots
+        self.drawn = 0
+
+    def __iter__(self) -> Iterator[SlotBatch]:
+        for indices in self.batches:
+            slot = self.drawn % self.slots
+            self.drawn += 1
+            yield slot, indices
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class RingDataset(Dataset[dict[str, Any]]):
+    """What the DataLoader's workers see: ``__getitems__`` fills one ring slot with a whole batch."""
+
+    def __init__(self, dataset: CorpusDataset, rings: dict[str, torch.Tensor]) -> None:
+        self.dataset, self.rings = dataset, rings
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, batch: SlotBatch) -> dict[str, Any]:
+        slot, indices = batch
+        images = {key: ring[slot, : len(indices)] for key, ring in self.rings.items()}
+        metadata = self.dataset.read_batch(indices, {key: image.numpy() for key, image in images.items()})
+        return {**images, **metadata}
+
+
+def _already_batched(batch: dict[str, Any]) -> dict[str, Any]:
+    """The collate function: ``RingDataset`` returns whole batches."""
+    return batch
+
+
+class PatchLoader(DataLoader[dict[str, Any]]):
+    """Batches of a :class:`CorpusDataset`, decoded by ``num_workers`` processes into a shared ring.
+
+    Batches are dicts like ``default_collate`` of the dataset's items. The images (``image``, and
+    ``image2`` with two views) come as the dataset's items do (float32, normalised when the dataset
+    normalises) but are normalised only after they arrive: on ``device`` when it is given (the whole
+    batch is moved there, asynchronously from pinned memory with ``pin_memory=True``), else in this
+    process. A dataset with ``normalize=False`` and no ``device`` gives int16 counts, views into the
+    ring (see the module docstring). ``sampler`` defaults to a :class:`ShardAwareSampler` for this
+    rank; ``set_epoch`` forwards to it. Other keyword arguments go to ``DataLoader``.
+    """
+
+    def __init__(
+        self,
+        dataset: CorpusDataset,
+        batch_size: int,
+        sampler: Sampler[int] | None = None,
+        *,
+        num_workers: int = 0,
+        device: str | torch.device | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        slots = (prefetch_factor * num_workers if num_workers else 0) + 2
+        shape = dataset.image_shape()
+        rings = {key: _ring(slots, batch_size, shape, shared=num_workers > 0) for key in dataset.view_keys}
+        self.index_sampler = sampler if sampler is not None else ShardAwareSampler(dataset)
+        super().__init__(
+            RingDataset(dataset, rings),
+            batch_sampler=SlotBatchSampler(self.index_sampler, batch_size, drop_last, slots),  # type: ignore[arg-type]
+            collate_fn=_already_batched,  # type: ignore[arg-type]
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor if num_workers else None,
+            in_order=True,
+            **kwargs,
+        )
+        self.view_keys = dataset.view_keys
+        self.target = torch.device(device) if device is not None else None
+        self.normalize = dataset.normalizer().to(self.target or "cpu") if dataset.normalize else None
+        self.ring_bytes = sum(ring.nbytes for ring in rings.values())
+        self._live: Generator[dict[str, Any], None, None] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shuffle the sampler uses next (when it has epochs)."""
+        set_epoch = getattr(self.index_sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        if self._live is not None:
+            self._live.close()  # its workers stop before new ones fill the ring
+        self._live = self._batches()
+        return self._live
+
+    def _batches(self) -> Generator[dict[str, Any], None, None]:
+        for batch in super().__iter__():
+            yield self._deliver(batch)
+
+    def _deliver(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.target is not None:
+            batch = {key: value.to(self.target, non_blocking=True) for key, value in batch.items()}
+        if self.normalize is not None:
+            batch.update({key: self.normalize(batch[key]) for key in self.view_keys})
+        return batch
+
+
+def _ring(slots: int, batch_size: int, image_shape: Sequence[int], shared: bool) -> torch.Tensor:
+    """An int16 ring of ``slots`` batches; in shared memory (every page touched once, here) when ``shared``."""
+    ring = torch.empty((slots, batch_size, *image_shape), dtype=torch.int16)
+    if shared:
+        ring.share_memory_()
+    ring.numpy().fill(0)
+    return ring
