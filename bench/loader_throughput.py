@@ -9,9 +9,10 @@ per replica) and the same patches exported with ``pipeline.export.export_spectra
 under ``--cache``, keyed by the sources that shape them; the first run builds them, about a minute),
 one run measures:
 
-1. *our loader*: ``DataLoader(CorpusDataset(corpus, split=None, unit="observation", normalize=True),
-   batch_size, sampler=ShardAwareSampler(...), num_workers=W, persistent_workers=W > 0)`` exactly as
-   shipped (blosc keeps its default thread count in the workers), for W = 0 (reference) and each
+1. *our loader*: ``PatchLoader(CorpusDataset(corpus, split=None, unit="observation", normalize=False),
+   batch_size, ShardAwareSampler(...), num_workers=W, persistent_workers=W > 0)`` exactly as shipped:
+   workers decode whole batches of int16 counts into the shared ring; normalisation belongs to the
+   accelerator (the trainer passes ``device``), so it is not timed here. W = 0 (reference) and each
    ``--workers`` value;
 2. *the SpectralEarth layout*: a torch dataset over ``DEST/enmap/<location>/<scene>.tif`` that reads
    each item the way the published dataset classes do (torchgeo's ``HySpecNet11k``, the SpectralEarth
@@ -28,11 +29,11 @@ one run measures:
    conversion; export and band-interleaved copy) are reported as context;
 4. a per-stage profile of a worker's batch in one process (pread, decode, float32 cast,
    normalisation, ``default_collate``'s stack into fresh shared memory) to show where the time goes;
-5. unless ``--no-variants``, what-if loaders that exist only in this file (nothing under
-   ``training/`` is changed): blosc pinned to one thread per worker; a batched ``__getitems__`` that
-   writes each patch straight into one shared-memory batch tensor, as float32 (same items) or int16
-   (normalised by the consumer: on the accelerator, not timed, or in the main process on the CPU);
-   and W threads in the main process filling a ring of reused batch buffers (no worker processes).
+5. unless ``--no-variants``, for W > 0: our loader with a consumer that copies every batch once into
+   a reused buffer (what the pin-memory thread does on a GPU machine); our loader over a normalising
+   dataset without ``device``, which normalises each batch to float32 in the main process on the
+   CPU; and the plain per-item path, ``DataLoader(CorpusDataset(..., normalize=True), sampler=...)``
+   with ``default_collate``.
 
 Every loader is timed after a warm-up epoch (which also starts its persistent workers), over
 ``--repeats`` blocks of ``--epochs`` epochs; the median block is reported. The page cache is warm
@@ -55,8 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -71,7 +71,7 @@ import psutil
 import rasterio
 import torch
 from machine_load import system_load, wait_for_quiet
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 import catalog.synth
 import pipeline.export
@@ -83,6 +83,7 @@ from pipeline.export import export_spectralearth
 from pipeline.reader import CorpusReader
 from stages.rules import Rules
 from training import CorpusDataset, ShardAwareSampler
+from training.loader import PatchLoader
 from training.shards import PatchReader
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "spectral-corpus-loader-bench"
@@ -241,7 +242,7 @@ def corpus_normalisation(corpus: Path) -> tuple[np.ndarray, np.ndarray]:
     return mean, inv_std
 
 
-# --- what-if loaders (exist only here) --------------------------------------------------------------------
+# --- reading chunks as the loader does --------------------------------------------------------------------
 
 
 class ChunkSource:
@@ -272,135 +273,6 @@ class ChunkSource:
         self.codec.decode(data, out=out)
 
 
-class BatchDecoder(Dataset[dict[str, torch.Tensor]]):
-    """What-if: whole batches fetched by ``__getitems__`` and written straight into one batch tensor.
-
-    In a DataLoader worker the batch tensor is allocated in shared memory (as ``default_collate`` does),
-    so there is no per-item tensor and no ``torch.stack`` copy. ``dtype=torch.int16``: patches are
-    decoded into the batch (half the bytes of float32 cross the process boundary; the consumer
-    normalises). ``dtype=torch.float32``: each patch is decoded into a reused int16 buffer, then cast
-    and normalised into the batch in two passes (the same items as ``CorpusDataset``).
-    """
-
-    def __init__(self, dataset: CorpusDataset, dtype: torch.dtype, mean: np.ndarray, inv_std: np.ndarray) -> None:
-        self.dataset, self.dtype, self.mean, self.inv_std = dataset, dtype, mean, inv_std
-        self.obs = np.asarray(dataset._obs, dtype=np.int64)
-        self._source: ChunkSource | None = None
-        self._scratch: np.ndarray | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.obs)
-
-    def shard_groups(self) -> list[np.ndarray]:
-        """Item indices grouped by shard (for ``ShardAwareSampler``)."""
-        return self.dataset.shard_groups()
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        source = self._chunks()
-        shape = (len(indices), *source.shape)
-        in_worker = get_worker_info() is not None
-        batch = _shared_empty(shape, self.dtype) if in_worker else torch.empty(shape, dtype=self.dtype)
-        out = batch.numpy()
-        obs = self.obs[np.asarray(indices, dtype=np.int64) % len(self.obs)]
-        for k, o in enumerate(obs.tolist()):
-            data = source.read(o)
-            if self.dtype == torch.int16:
-                source.decode(data, out[k])
-                continue
-            if self._scratch is None:
-                self._scratch = np.empty(source.shape, dtype=np.int16)
-            source.decode(data, self._scratch)
-            np.subtract(self._scratch, self.mean, out=out[k])
-            np.multiply(out[k], self.inv_std, out=out[k])
-        return {"image": batch, "obs": torch.from_numpy(obs)}
-
-    def _chunks(self) -> ChunkSource:
-        if self._source is None or self._pid != os.getpid():
-            self._source = ChunkSource(self.dataset.root)
-            self._scratch = None
-            self._pid = os.getpid()
-        return self._source
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_source"] = None
-        state["_scratch"] = None
-        return state
-
-
-class ThreadedLoader:
-    """What-if: no worker processes; ``threads`` threads of this process fill reused batch buffers.
-
-    Blosc releases the GIL when called off the main thread (one blosc thread per call), as do numpy's
-    cast and arithmetic on large arrays, so the threads decode in parallel; buffers are allocated once
-    (a ring of ``depth`` batches, the next batch is decoded while the current one is consumed), so there
-    is no shared-memory allocation, no page faulting and no pickling per batch. A consumer must finish
-    with a batch (e.g. copy it to the accelerator) before ``depth - 1`` further batches are drawn.
-    ``dtype=torch.float32`` also normalises (fused cast + subtract, then multiply), else int16.
-    """
-
-    def __init__(
-        self,
-        batches: BatchDecoder,
-        sampler: Sampler[int],
-        batch_size: int,
-        threads: int,
-        depth: int = 3,
-    ) -> None:
-        self.batches, self.sampler, self.batch_size, self.depth = batches, sampler, batch_size, depth
-        self.pool = ThreadPoolExecutor(max_workers=threads)
-        self.source = ChunkSource(batches.dataset.root)
-        shape = (depth, batch_size, *self.source.shape)
-        self.images = torch.empty(shape, dtype=batches.dtype)
-        self.scratch = (
-            np.empty((depth, batch_size, *self.source.shape), dtype=np.int16) if batches.dtype != torch.int16 else None
-        )
-        self.images.numpy().fill(0)  # fault every page in once, outside the timed epochs
-        if self.scratch is not None:
-            self.scratch.fill(0)
-
-    def _fill(self, slot: int, obs: np.ndarray) -> list[Future[None]]:
-        return [self.pool.submit(self._one, slot, k, int(o)) for k, o in enumerate(obs.tolist())]
-
-    def _one(self, slot: int, k: int, obs: int) -> None:
-        data = self.source.read(obs)
-        out = self.images.numpy()[slot, k]
-        if self.scratch is None:
-            self.source.decode(data, out)
-            return
-        scratch = self.scratch[slot, k]
-        self.source.decode(data, scratch)
-        np.subtract(scratch, self.batches.mean, out=out)
-        np.multiply(out, self.batches.inv_std, out=out)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        indices = np.fromiter(iter(self.sampler), dtype=np.int64) % len(self.batches)
-        groups = [self.batches.obs[indices[i : i + self.batch_size]] for i in range(0, len(indices), self.batch_size)]
-        pending: list[tuple[int, np.ndarray, list[Future[None]]]] = []
-        for number, obs in enumerate(groups):
-            slot = number % self.depth
-            pending.append((slot, obs, self._fill(slot, obs)))
-            if len(pending) < self.depth - 1 and number + 1 < len(groups):
-                continue
-            yield self._take(pending.pop(0))
-        while pending:
-            yield self._take(pending.pop(0))
-
-    def _take(self, entry: tuple[int, np.ndarray, list[Future[None]]]) -> dict[str, torch.Tensor]:
-        slot, obs, futures = entry
-        for future in futures:
-            future.result()
-        return {"image": self.images[slot, : len(obs)], "obs": torch.from_numpy(obs)}
-
-    def close(self) -> None:
-        """Stop the threads."""
-        self.pool.shutdown()
-
-
 def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor allocated directly in shared memory (what ``default_collate`` does in a worker)."""
     numel = int(np.prod(shape))
@@ -408,26 +280,17 @@ def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).new(storage).resize_(*shape)
 
 
-def pass_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Collate for ``BatchDecoder``: the dataset already returns a batch."""
-    return batch
+class CopyOut:
+    """Consumer that copies each batch's images once into a reused buffer, as the pin-memory thread does."""
 
-
-def single_thread_blosc(_worker: int) -> None:
-    """Worker init: blosc decodes with one thread in each worker."""
-    numcodecs.blosc.set_nthreads(1)
-
-
-class Normalise:
-    """Consumer-side normalisation of an int16 batch to float32 in the main process (torch, CPU)."""
-
-    def __init__(self, mean: np.ndarray, inv_std: np.ndarray) -> None:
-        self.mean = torch.from_numpy(mean)
-        self.inv_std = torch.from_numpy(inv_std)
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> None:
-        image = batch["image"].to(torch.float32)
-        image.sub_(self.mean).mul_(self.inv_std)
+        image = batch["image"].numpy()
+        if self.buffer is None or self.buffer.shape[1:] != image.shape[1:] or len(self.buffer) < len(image):
+            self.buffer = np.empty_like(image)
+        np.copyto(self.buffer[: len(image)], image)
 
 
 # --- timing loaders ------------------------------------------------------------------------------------------
@@ -553,8 +416,6 @@ def measure(
     try:
         rates, external, samples, first = time_loader(loader, set_epoch, args.epochs, args.repeats, consume)
     finally:
-        if isinstance(loader, ThreadedLoader):
-            loader.close()
         del loader
         gc.collect()
     blocks = [round(r, 2) for r in rates]
@@ -673,7 +534,9 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
     in a worker), per patch; ``collate_shm_int16``: the same for int16 patches; ``getitem_total``:
     ``CorpusDataset.__getitem__`` (metadata included); ``shm_write_float32``: filling a fresh
     shared-memory float32 batch (page faults alone, no source to copy); ``shm_write_float32_reused``:
-    filling one allocated (and faulted) once; ``anon_write_float32``: filling a fresh ordinary tensor.
+    filling one allocated (and faulted) once; ``anon_write_float32``: filling a fresh ordinary tensor;
+    ``read_batch_into_ring``: what a :class:`PatchLoader` worker does, ``CorpusDataset.read_batch`` of
+    raw counts into a reused int16 batch buffer (metadata included).
     """
     _, source = chunk_bytes(dataset)
     obs = np.asarray(dataset._obs).tolist()
@@ -689,6 +552,8 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
 
     reused = _shared_empty((batch_size, *source.shape), torch.float32)
     reused.fill_(0)
+    raw = CorpusDataset(dataset.root, split=None, unit="observation", normalize=False)
+    ring = np.zeros((batch_size, *source.shape), dtype=np.int16)
     try:
         for _ in range(repeats):
             floats: list[torch.Tensor] = []
@@ -726,6 +591,10 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
                 record("getitem_total", t)
                 if len(items) == batch_size:
                     items = []
+            for start in range(0, len(obs) - batch_size + 1, batch_size):
+                t = time.perf_counter()
+                raw.read_batch(range(start, start + batch_size), {"image": ring})
+                record("read_batch_into_ring", t, batch_size)
     finally:
         numcodecs.blosc.set_nthreads(threads)
     return {name: round(statistics.median(values), 3) for name, values in steps.items()}
@@ -741,7 +610,8 @@ def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) -> list[LoaderResult]:
     """Every loader measurement of the run."""
-    ours = CorpusDataset(data.corpus, split=None, unit="observation", normalize=True)
+    raw = CorpusDataset(data.corpus, split=None, unit="observation", normalize=False)
+    normalised = CorpusDataset(data.corpus, split=None, unit="observation", normalize=True)
     mean, inv_std = corpus_normalisation(data.corpus)
     spectralearth = SpectralEarthFiles(files, mean, inv_std)
     band = SpectralEarthFiles([data.export_band / f.relative_to(data.export) for f in files], mean, inv_std)
@@ -749,11 +619,9 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
     size = args.batch_size
     results = []
     for w in worker_counts:
-        sampler = ShardAwareSampler(ours, seed=0)
-        make: Callable[[], Batches] = partial(data_loader, ours, sampler, w, size)
-        results.append(measure("ours", w, make, sampler.set_epoch, args))
+        results.append(measure_patch_loader("ours", raw, w, args))
         random_sampler, set_epoch = seeded_random_sampler(len(spectralearth))
-        make = partial(data_loader, spectralearth, random_sampler, w, size)
+        make: Callable[[], Batches] = partial(data_loader, spectralearth, random_sampler, w, size)
         results.append(measure("spectralearth_geotiff", w, make, set_epoch, args))
         if w > 0:
             random_sampler, set_epoch = seeded_random_sampler(len(band))
@@ -761,26 +629,27 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
             results.append(measure("spectralearth_geotiff_band_interleaved", w, make, set_epoch, args))
     if not args.variants:
         return results
-    int16 = BatchDecoder(ours, torch.int16, mean, inv_std)
-    float32 = BatchDecoder(ours, torch.float32, mean, inv_std)
-    normalise = Normalise(mean, inv_std)
     for w in [w for w in worker_counts if w > 0]:
-        sampler = ShardAwareSampler(ours, seed=0)
-        make = partial(data_loader, ours, sampler, w, size, worker_init=single_thread_blosc)
-        results.append(measure("ours_blosc_1thread", w, make, sampler.set_epoch, args))
-        for name, dataset, consume in (
-            ("whatif_float32_batch", float32, None),
-            ("whatif_int16_batch", int16, None),
-            ("whatif_int16_batch_norm_main", int16, normalise),
-        ):
-            sampler = ShardAwareSampler(dataset, seed=0)
-            make = partial(data_loader, dataset, sampler, w, size, collate=pass_batch)
-            results.append(measure(name, w, make, sampler.set_epoch, args, consume))
-        for name, dataset in (("whatif_threads_float32", float32), ("whatif_threads_int16", int16)):
-            sampler = ShardAwareSampler(dataset, seed=0)
-            make = partial(ThreadedLoader, dataset, sampler, size, w)
-            results.append(measure(name, w, make, sampler.set_epoch, args))
+        results.append(measure_patch_loader("ours_main_copies_batch", raw, w, args, CopyOut()))
+        results.append(measure_patch_loader("ours_normalised_in_main", normalised, w, args))
+        sampler = ShardAwareSampler(normalised, seed=0)
+        make = partial(data_loader, normalised, sampler, w, size)
+        results.append(measure("items_default_collate", w, make, sampler.set_epoch, args))
     return results
+
+
+def measure_patch_loader(
+    method: str,
+    dataset: CorpusDataset,
+    workers: int,
+    args: argparse.Namespace,
+    consume: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> LoaderResult:
+    """Time the shipped :class:`PatchLoader` with a seeded :class:`ShardAwareSampler`, W workers, persistent."""
+    sampler = ShardAwareSampler(dataset, seed=0)
+    size = args.batch_size
+    make = partial(PatchLoader, dataset, size, sampler, num_workers=workers, persistent_workers=workers > 0)
+    return measure(method, workers, make, sampler.set_epoch, args, consume)
 
 
 def ratios(
@@ -849,12 +718,9 @@ METHOD_ORDER = (
     "ours",
     "spectralearth_geotiff",
     "spectralearth_geotiff_band_interleaved",
-    "ours_blosc_1thread",
-    "whatif_float32_batch",
-    "whatif_int16_batch",
-    "whatif_int16_batch_norm_main",
-    "whatif_threads_float32",
-    "whatif_threads_int16",
+    "ours_main_copies_batch",
+    "ours_normalised_in_main",
+    "items_default_collate",
 )
 
 
