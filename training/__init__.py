@@ -5,7 +5,7 @@ Reads a corpus only through its public format: the Zarr store, the version's tab
 
 from typing import Any
 
-__all__ = ["CorpusDataset", "ShardAwareSampler"]
+__all__ = ["CorpusDataset", "PatchLoader", "ShardAwareSampler"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,6 +14,10 @@ def __getattr__(name: str) -> Any:
         from training.dataset import CorpusDataset
 
         return CorpusDataset
+    if name == "PatchLoader":
+        from training.loader import PatchLoader
+
+        return PatchLoader
     if name == "ShardAwareSampler":
         from training.sampler import ShardAwareSampler
 

@@ -201,8 +201,14 @@ class Normalize(nn.Module):
         self.register_buffer("inv_std", torch.as_tensor(inv_std, dtype=torch.float32).reshape(-1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalise raw counts (C, H, W) or (B, C, H, W)."""
-        return (image.float() - self.mean) * self.inv_std
+        """Normalise raw counts (C, H, W) or (B, C, H, W) into a new float32 tensor."""
+        if image.device.type == "cpu":
+            # numpy asks for transparent huge pages on large arrays: a fresh batch faults far fewer pages
+            out = torch.from_numpy(np.empty(tuple(image.shape), dtype=np.float32))
+        else:
+            out = torch.empty_like(image, dtype=torch.float32)
+        out.copy_(image)  # torch has no fast kernel for int16 - float32 with broadcasting: convert, then in place
+        return out.sub_(self.mean).mul_(self.inv_std)
 
 
 def _manifest(root: Path, version: int | None) -> dict[str, Any]:
