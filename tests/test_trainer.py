@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from pipeline.reader import CorpusReader
 from training.mae import MAE, random_masking
 from training.moco import random_view
 from training.models import (
@@ -180,6 +181,21 @@ def test_cli_trains_on_synthetic_patches(tmp_path: Path, capsys: pytest.CaptureF
 def test_trains_on_a_corpus(corpus: Path, tmp_path: Path) -> None:
     config = tiny(tmp_path, corpus=str(corpus), method="moco", moco_queue=8, image_size=16, batch_size=2, max_steps=2)
     assert train(replace(config, num_workers=1, vit_depth=1))["step"] == 2
+
+
+def test_gpu_benchmark_script_runs_on_the_cpu(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "trainer_gpu.jsonl"
+    argv = ["--corpus", str(corpus), "--device", "cpu", "--batch-size", "2", "--workers", "1", "--steps", "2"]
+    argv += ["--passes", "2", "--image-size", "16", "--token-size", "4", "--vit-depth", "1", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "bench/trainer_gpu.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    train_patches = (CorpusReader(corpus).table("observations")["split"] == "train").sum()
+    assert row["patches"] == train_patches and row["device"].startswith("cpu")
+    assert row["loader_samples_per_s"] > 0 and row["preloaded_samples_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["loader_samples_per_s"] / row["preloaded_samples_per_s"], abs=0.01)
 
 
 DDP_SCRIPT = """

@@ -320,7 +320,9 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 class _Trainer:
     """The state of one run on one process: model, optimizer, schedule, data and step counter."""
 
-    def __init__(self, config: TrainConfig, ctx: _Context, dataset: Any, sampler_factory: SamplerFactory) -> None:
+    def __init__(
+        self, config: TrainConfig, ctx: _Context, dataset: Any, sampler_factory: SamplerFactory, preload: bool = False
+    ) -> None:
         self.config, self.ctx, self.dataset = config, ctx, dataset
         self.out = Path(config.out)
         self.collate = _Stack(VIEW_KEYS[config.method])
@@ -338,7 +340,7 @@ class _Trainer:
         self.steps_per_epoch = len(self.sampler.inner) // config.batch_size  # type: ignore[arg-type]
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.sampler)} samples per process do not fill one batch of {config.batch_size}")
-        self.loader: Any = self._loader()
+        self.loader = self._preloaded(PRELOAD_BATCHES) if preload else self._loader()
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
         cuda = ctx.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
@@ -368,14 +370,14 @@ class _Trainer:
             self.dataset, size, sampler=self.sampler, collate_fn=self.collate, prefetch_factor=prefetch, **options
         )
 
-    def preload(self, count: int) -> None:
-        """Replace the loader by ``count`` batches collated once and kept on the device."""
+    def _preloaded(self, count: int) -> _Cycle:
+        """``count`` batches collated once and kept on the device, cycled for an epoch of steps."""
         size = self.config.batch_size
         indices = list(islice(iter(self.sampler.inner), count * size))
         chunks = [indices[i : i + size] for i in range(0, len(indices) - size + 1, size)]
         batches = [self.collate([self.dataset[i] for i in chunk]) for chunk in chunks]
         on_device = [{key: view.to(self.ctx.device).float() for key, view in batch.items()} for batch in batches]
-        self.loader = _Cycle(on_device, self.steps_per_epoch)
+        return _Cycle(on_device, self.steps_per_epoch)
 
     def fit(self) -> dict[str, float]:
         """Train up to the last step; return the final metrics."""
@@ -502,10 +504,7 @@ def _run(config: TrainConfig, dataset: Any, sampler_factory: SamplerFactory | No
             dataset, sampler_factory = corpus_dataset(config), sampler_factory or shard_aware_sampler
         elif callable(dataset) and not hasattr(dataset, "__getitem__"):
             dataset = dataset(config)
-        trainer = _Trainer(config, ctx, dataset, sampler_factory or default_sampler)
-        if preload:
-            trainer.preload(PRELOAD_BATCHES)
-        return trainer.fit()
+        return _Trainer(config, ctx, dataset, sampler_factory or default_sampler, preload).fit()
 
 
 def train(
