@@ -155,6 +155,16 @@ def test_patch_loader_keeps_the_last_two_batches_and_restarts_cleanly(corpus: Pa
     assert again == [batch["obs"].tolist() for batch in reference]
 
 
+def test_patch_loader_works_with_spawned_workers(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="location", views=2, transforms=AUGMENT, normalize=False)
+    sampler = ShardAwareSampler(dataset, seed=5)
+    loader = PatchLoader(dataset, 3, sampler, num_workers=2, multiprocessing_context="spawn")
+    expected = expected_batches(dataset, list(sampler), 3)
+    for batch, reference in zip(loader, expected, strict=True):  # the ring reaches the workers by pickling
+        for key in ("image", "image2", "location_id"):
+            torch.testing.assert_close(batch[key].to(reference[key].dtype), reference[key], rtol=0, atol=0)
+
+
 def test_patch_loader_names_a_corrupt_shard(corpus: Path, tmp_path: Path) -> None:
     import shutil
 

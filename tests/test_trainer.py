@@ -228,6 +228,18 @@ with open(os.path.join(out, f"seen-{os.environ['RANK']}.json"), "w") as stream:
 """
 
 
+def test_torchrun_trains_on_a_corpus_with_the_patch_loader(corpus: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "training.train_cli", "--corpus", str(corpus), "--device", "cpu", "--out", str(tmp_path)]
+    command += ["--batch-size", "1", "--max-steps", "2", "--log-every", "1", "--num-workers", "1"]
+    command += ["--image-size", "16", "--token-size", "4"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in records(tmp_path)] == [1, 2]
+    assert json.loads(done.stdout)["step"] == 2
+
+
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))

@@ -11,9 +11,10 @@ normalisation happens after the batch arrives: on the accelerator when ``device`
 The ring has ``prefetch_factor x num_workers + 2`` slots (2 without workers), handed out round-robin
 in the order the batch sampler is drawn; the DataLoader keeps at most ``prefetch_factor x
 num_workers`` batches in flight and returns them in order, so a slot is written again only when the
-second batch after it is drawn. Raw batches (a dataset with ``normalize=False`` and no ``device``)
-are views into the ring: keep one past the next batch only as a ``.clone()``. Normalised,
-pinned or moved batches are copies and stay valid.
+second batch after it is drawn. Raw batches (a dataset with ``normalize=False``, on the CPU) are
+views into the ring: keep one past the next batch only as a ``.clone()``. Normalised batches, and
+batches pinned or copied to an accelerator, are copies and stay valid. One pass runs at a time:
+starting a new one ends the previous pass and its workers first, so no stale batch writes a slot.
 """
 
 from __future__ import annotations
