@@ -21,15 +21,19 @@ one run measures:
    ``CorpusDataset``, so only the storage layer differs); same DataLoader settings, a seeded
    ``RandomSampler``. The export is uncompressed int16, pixel-interleaved, one row per strip; as a
    sensitivity check the same reader also runs on a band-interleaved copy with GDAL's default strips;
-3. *the decode limit*: numcodecs Blosc decode of the same compressed inner-chunk bytes (all read into
+3. *WebDataset* (when installed: ``pip install -e ".[bench]"``), a streaming format ML users pick
+   instead: the same patches as ``<obs>.npy`` int16 samples in tar shards of 16, read by the usual
+   pipeline (``WebDataset(shards).decode().to_tuple("npy").batched(16)`` in a ``DataLoader`` with
+   ``batch_size=None``), shards split over the workers, in order (its best case: sequential reads);
+4. *the decode limit*: numcodecs Blosc decode of the same compressed inner-chunk bytes (all read into
    memory first) into a reused buffer, one thread (``numcodecs.blosc.set_nthreads(1)``), as patches
    per second per core. The limit for W workers is assumed to be W x the one-core figure (perfect
    scaling, nothing left for the main process; W = 0 is compared with one core). Decode into a fresh
    array, memcpy of a decoded patch and the raw GeoTIFF read (int16 into a reused buffer, no float
    conversion; export and band-interleaved copy) are reported as context;
-4. a per-stage profile of a worker's batch in one process (pread, decode, float32 cast,
+5. a per-stage profile of a worker's batch in one process (pread, decode, float32 cast,
    normalisation, ``default_collate``'s stack into fresh shared memory) to show where the time goes;
-5. unless ``--no-variants``, for W > 0: our loader with a consumer that copies every batch once into
+6. unless ``--no-variants``, for W > 0: our loader with a consumer that copies every batch once into
    a reused buffer (what the pin-memory thread does on a GPU machine); our loader over a normalising
    dataset without ``device``, which normalises each batch to float32 in the main process on the
    CPU; and the plain per-item path, ``DataLoader(CorpusDataset(..., normalize=True), sampler=...)``
@@ -86,12 +90,19 @@ from training import CorpusDataset, ShardAwareSampler
 from training.loader import PatchLoader
 from training.shards import PatchReader
 
+try:
+    import webdataset as wds  # optional: pip install -e ".[bench]"
+except ImportError:  # pragma: no cover
+    wds = None
+
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "spectral-corpus-loader-bench"
 DEFAULT_OUT = Path("bench/results/loader.jsonl")
 TARGET_VS_SPECTRALEARTH = 2.0
 TARGET_VS_DECODE_LIMIT = 0.7
 #: What "ours" measures; runs recorded before it was the PatchLoader (the per-item DataLoader) lack the key.
 OURS = "PatchLoader"
+#: Samples per WebDataset tar shard (96 patches: 6 shards, which 1 and 2 workers split evenly).
+WDS_SHARD = 16
 PAGE_CACHE = "warm for every method: every corpus and GeoTIFF file is read once before timing"
 
 
@@ -105,6 +116,7 @@ class BenchData:
     corpus: Path
     export: Path
     export_band: Path
+    webdataset: Path
     prepare_seconds: float
 
 
@@ -120,7 +132,9 @@ def source_key() -> str:
 def prepare(cache: Path, replicas: int, seed: int) -> BenchData:
     """Build (once) the corpus of ``write_example(seed, replicas)`` and export it; reuse a complete cache."""
     root = cache / f"r{replicas}-s{seed}-{source_key()}"
-    data = BenchData(root / "corpus", root / "spectralearth", root / "spectralearth-band-default-strips", 0.0)
+    data = BenchData(
+        root / "corpus", root / "spectralearth", root / "spectralearth-band-default-strips", root / "webdataset", 0.0
+    )
     started = time.perf_counter()
     if not (root / "COMPLETE").exists():
         shutil.rmtree(root, ignore_errors=True)
@@ -136,7 +150,9 @@ def prepare(cache: Path, replicas: int, seed: int) -> BenchData:
         shutil.rmtree(data.export_band, ignore_errors=True)
         band_interleaved_copy(data.export, data.export_band)
         (data.export_band / "COMPLETE").write_text("")
-    return BenchData(data.corpus, data.export, data.export_band, time.perf_counter() - started)
+    if wds is not None and not (data.webdataset / "COMPLETE").exists():
+        write_webdataset(data.corpus, data.webdataset)
+    return BenchData(data.corpus, data.export, data.export_band, data.webdataset, time.perf_counter() - started)
 
 
 def band_interleaved_copy(src_root: Path, dst_root: Path) -> None:
@@ -196,6 +212,33 @@ def versions() -> dict[str, str]:
     found["blosc"] = str(getattr(numcodecs.blosc, "VERSION_STRING", "?"))
     found["python"] = platform.python_version()
     return found
+
+
+# --- WebDataset: a streaming format ML users pick instead ------------------------------------------------
+
+
+def write_webdataset(corpus: Path, root: Path) -> None:
+    """The corpus's patches as WebDataset tar shards of ``WDS_SHARD`` samples, ``<obs>.npy`` int16 (uncompressed)."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    reader = CorpusReader(corpus)
+    with wds.ShardWriter(str(root / "shard-%04d.tar"), maxcount=WDS_SHARD, verbose=0) as sink:
+        for obs in range(int(reader.manifest["n_obs"])):
+            sink.write({"__key__": f"{obs:08d}", "npy": reader.read_patch(obs)})
+    (root / "COMPLETE").write_text("")
+
+
+def stack_images(samples: Sequence[tuple[np.ndarray]]) -> dict[str, torch.Tensor]:
+    """WebDataset's batching step: one int16 batch (as our loader delivers), stacked in the worker."""
+    return {"image": torch.from_numpy(np.stack([sample[0] for sample in samples]))}
+
+
+def webdataset_loader(root: Path, workers: int, batch_size: int) -> DataLoader[Any]:
+    """The usual WebDataset pipeline: tar shards split over workers, ``.npy`` decoded, batched in the worker."""
+    shards = [str(path) for path in sorted(root.glob("shard-*.tar"))]
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode().to_tuple("npy")
+    batches = dataset.batched(batch_size, collation_fn=stack_images)
+    return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
 
 # --- the SpectralEarth layout ---------------------------------------------------------------------------
@@ -629,6 +672,9 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
             random_sampler, set_epoch = seeded_random_sampler(len(band))
             make = partial(data_loader, band, random_sampler, w, size)
             results.append(measure("spectralearth_geotiff_band_interleaved", w, make, set_epoch, args))
+        if wds is not None:
+            make = partial(webdataset_loader, data.webdataset, w, size)
+            results.append(measure("webdataset_npy", w, make, lambda _epoch: None, args))
     if not args.variants:
         return results
     for w in [w for w in worker_counts if w > 0]:
@@ -720,6 +766,7 @@ METHOD_ORDER = (
     "ours",
     "spectralearth_geotiff",
     "spectralearth_geotiff_band_interleaved",
+    "webdataset_npy",
     "ours_main_copies_batch",
     "ours_normalised_in_main",
     "items_default_collate",
@@ -798,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     data = prepare(args.cache, args.replicas, args.seed)
     sections = {"prepare": round(time.perf_counter() - started, 1)}
-    warmed = warm_page_cache(data.corpus / "patches.zarr", data.export, data.export_band)
+    warmed = warm_page_cache(data.corpus / "patches.zarr", data.export, data.export_band, data.webdataset)
     ours = CorpusDataset(data.corpus, split=None, unit="observation", normalize=True)
     files = export_files(data.corpus, data.export)
     band_files = [data.export_band / f.relative_to(data.export) for f in files]

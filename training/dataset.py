@@ -40,7 +40,7 @@ class CorpusDataset(Dataset[dict[str, Any]]):
     ``normalize``), ``image2`` when ``views=2``, ``x``/``y`` (patch centre, map units of ``epsg``),
     ``t`` (acquisition, seconds since 1970), ``wavelength`` (micrometres), ``res`` (m),
     ``location_id``, ``obs``. ``bands`` selects corpus band positions (0-based). ``transforms`` act on
-    the raw int16 counts, before normalisation. Randomness is seeded from (seed, epoch, index): a
+    the raw int16 counts, before normalisation, and must return int16. Randomness is seeded from (seed, epoch, index): a
     sampler may pass ``epoch * len(dataset) + index`` to vary it by epoch.
     """
 
@@ -73,6 +73,8 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         all_bands = np.asarray(metadata["bands"]["center_nm"], dtype=np.float32) / 1000
         self.bands = np.arange(len(all_bands)) if bands is None else np.asarray(bands, dtype=np.int64)
         self.wavelength = torch.from_numpy(all_bands[self.bands])
+        #: The band positions to take from a stored patch, or None when it is every band in order.
+        self._band_take = None if np.array_equal(self.bands, np.arange(len(all_bands))) else self.bands
         stats = manifest["stats"]
         self._mean = np.asarray(stats["mean"], dtype=np.float32)[self.bands].reshape(-1, 1, 1)
         self._inv_std = 1 / np.maximum(np.asarray(stats["std"], dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
@@ -161,15 +163,18 @@ class CorpusDataset(Dataset[dict[str, Any]]):
 
     def _raw(self, row: int, generator: torch.Generator, out: np.ndarray | None = None) -> torch.Tensor:
         """Raw int16 counts of observation row ``row``: selected bands, transformed (into ``out`` if given)."""
-        reader = self._patches()
-        obs = int(self._obs[row])
-        direct = out is not None and not self.transforms and len(self.bands) == reader.patch_shape[0]
-        patch = reader.read(obs, out if direct else None)
-        if len(self.bands) != patch.shape[0]:
-            patch = patch[self.bands]
-        image = torch.from_numpy(patch)
+        direct = out is not None and not self.transforms and self._band_take is None
+        patch = self._patches().read(int(self._obs[row]), out if direct else None)
+        if self._band_take is not None:
+            patch = patch[self._band_take]
+        image = counts = torch.from_numpy(patch)
         if self.transforms:
-            image = self.transforms(image, generator)
+            image = self.transforms(counts, generator)
+            if image.dtype != counts.dtype:
+                raise TypeError(
+                    f"transform {self.transforms!r} returned {image.dtype}: transforms act on the raw "
+                    f"{patch.dtype} counts and must return that dtype (normalisation comes after them)"
+                )
         if out is not None and not direct:
             out[...] = image.numpy()
         return image

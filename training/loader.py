@@ -11,14 +11,18 @@ normalisation happens after the batch arrives: on the accelerator when ``device`
 The ring has ``prefetch_factor x num_workers + 2`` slots (2 without workers), handed out round-robin
 in the order the batch sampler is drawn; the DataLoader keeps at most ``prefetch_factor x
 num_workers`` batches in flight and returns them in order, so a slot is written again only when the
-second batch after it is drawn. Raw batches (a dataset with ``normalize=False``, on the CPU) are
-views into the ring: keep one past the next batch only as a ``.clone()``. Normalised batches, and
-batches pinned or copied to an accelerator, are copies and stay valid. One pass runs at a time:
-starting a new one ends the previous pass and its workers first, so no stale batch writes a slot.
+second batch after it is drawn, in this pass or the next. Raw batches (a dataset with
+``normalize=False``, no accelerator) are views into the ring: keep one past the next batch only as a
+``.clone()``. Normalised batches, and batches pinned or copied to an accelerator, are copies and
+stay valid. One pass runs at a time: starting a new one ends the previous pass first. A pass that
+ends early (``break``, an error) stops its workers, unless they are persistent (then torch lets
+their last tasks finish before it hands out new ones), and gives back the slots it drew but never
+delivered, so no stale batch ever writes a slot that a new one uses.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
@@ -35,8 +39,8 @@ SlotBatch = tuple[int, list[int]]
 class SlotBatchSampler(Sampler[SlotBatch]):
     """Group a sampler's indices into batches and give each the next ring slot, round-robin.
 
-    The count carries across epochs and iterators, so a new epoch never starts in the slot of the
-    batch that was handed out last.
+    ``drawn`` carries across epochs and passes, so a new pass starts in the slot after the last
+    batch delivered (the loader winds it back over batches drawn but never delivered).
     """
 
     def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, slots: int) -> None:
@@ -78,13 +82,13 @@ def _already_batched(batch: dict[str, Any]) -> dict[str, Any]:
 class PatchLoader(DataLoader[dict[str, Any]]):
     """Batches of a :class:`CorpusDataset`, decoded by ``num_workers`` processes into a shared ring.
 
-    Batches are dicts like ``default_collate`` of the dataset's items. The images (``image``, and
-    ``image2`` with two views) come as the dataset's items do (float32, normalised when the dataset
-    normalises) but are normalised only after they arrive: on ``device`` when it is given (the whole
-    batch is moved there, asynchronously from pinned memory with ``pin_memory=True``), else in this
-    process. A dataset with ``normalize=False`` and no ``device`` gives int16 counts, views into the
-    ring (see the module docstring). ``sampler`` defaults to a :class:`ShardAwareSampler` for this
-    rank; ``set_epoch`` forwards to it. Other keyword arguments go to ``DataLoader``.
+    Batches are dicts with the keys and values of ``default_collate`` of the dataset's items, but the
+    images (``image``, and ``image2`` with two views) are normalised only after they arrive: on
+    ``device`` when it is given (the whole batch is moved there, asynchronously from pinned memory
+    with ``pin_memory=True``), else in this process. A dataset with ``normalize=False`` gives the
+    int16 counts instead of float32; without an accelerator they are views into the ring (see the
+    module docstring). ``sampler`` defaults to a :class:`ShardAwareSampler` for this rank;
+    ``set_epoch`` forwards to it. Other keyword arguments go to ``DataLoader``.
     """
 
     def __init__(
@@ -120,7 +124,7 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         self.target = torch.device(device) if device is not None else None
         self.normalize = dataset.normalizer().to(self.target or "cpu") if dataset.normalize else None
         self.ring_bytes = sum(ring.nbytes for ring in rings.values())
-        self._live: Generator[dict[str, Any], None, None] | None = None
+        self._live: weakref.ref[Generator[dict[str, Any], None, None]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle the sampler uses next (when it has epochs)."""
@@ -129,14 +133,27 @@ class PatchLoader(DataLoader[dict[str, Any]]):
             set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
-        if self._live is not None:
-            self._live.close()  # its workers stop before new ones fill the ring
-        self._live = self._batches()
-        return self._live
+        previous = self._live() if self._live is not None else None
+        if previous is not None:
+            previous.close()  # the pass a caller still holds ends before this one fills the ring
+        batches = self._batches()
+        self._live = weakref.ref(batches)  # a pass nobody holds ends (and stops its workers) when collected
+        return batches
 
     def _batches(self) -> Generator[dict[str, Any], None, None]:
-        for batch in super().__iter__():
-            yield self._deliver(batch)
+        slots: SlotBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        start, delivered = slots.drawn, 0
+        inner = super().__iter__()
+        try:
+            for batch in inner:
+                delivered += 1
+                yield self._deliver(batch)
+        finally:
+            if not self.persistent_workers:
+                stop = getattr(inner, "_shutdown_workers", None)  # what torch runs when the iterator dies
+                if stop is not None:
+                    stop()
+            slots.drawn = start + delivered
 
     def _deliver(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.target is not None:
