@@ -94,6 +94,12 @@ def location_table(plan: Plan, base: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat([current, gone[current.columns]], ignore_index=True).sort_values("location_id")
 
 
+#: Why an observation leaves the corpus when its cell is dropped by a rule that sees the new scenes.
+CELL_RETIRED = {
+    "zone_overlap": "zone_overlap: a new cell of another UTM zone, nearer its central meridian, covers this one",
+}
+
+
 def retired_table(
     base_obs: pd.DataFrame | None, plan: Plan, scenes: pd.DataFrame, version: int, base_retired: pd.DataFrame | None
 ) -> pd.DataFrame:
@@ -101,11 +107,13 @@ def retired_table(
     columns = ["obs", "product", "epsg", "ix", "iy", "retired_in", "reason"]
     if base_obs is None:
         return pd.DataFrame(columns=columns).astype({"obs": "int64", "retired_in": "int64"})
-    gone = base_obs[~base_obs["obs"].isin(plan.observations["obs"])]
-    reasons = scenes.set_index("product")["reason"]
+    gone = base_obs.loc[~base_obs["obs"].isin(plan.observations["obs"]), ["obs", "product", *KEY]]
+    cells = plan.candidates[["product", *KEY, "drop_reason"]].drop_duplicates(["product", *KEY])
+    gone = gone.merge(cells, on=["product", *KEY], how="left")
+    scene_reasons = gone["product"].map(scenes.set_index("product")["reason"]).fillna("")
     why = [
-        reasons.get(p, "") if reasons.get(p, "").startswith("superseded") else "displaced by a better observation"
-        for p in gone["product"]
+        scene if scene.startswith("superseded") else CELL_RETIRED.get(cell, "displaced by a better observation")
+        for scene, cell in zip(scene_reasons, gone["drop_reason"], strict=True)
     ]
     retired = gone[["obs", "product", *KEY]].assign(retired_in=version, reason=why)
     frames = [f for f in (base_retired, retired) if f is not None and len(f)]

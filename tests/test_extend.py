@@ -29,11 +29,11 @@ from stages.store import sha256_file
 LATER = ("_V010500_", "-DT0000001004_")
 
 
-def _copy_archive(example: Example, dest: Path, keep: bool) -> Path:
-    """Hard-linked copy of the example archive with (keep=True) or without the LATER products."""
+def _copy_archive(example: Example, dest: Path, keep: bool, later: tuple[str, ...] = LATER) -> Path:
+    """Hard-linked copy of the example archive with (keep=True) or without the ``later`` products."""
     dest.mkdir(parents=True)
     for entry in sorted(example.archive.iterdir()):
-        if entry.name.startswith("ENMAP") and any(t in entry.name for t in LATER) != keep:
+        if entry.name.startswith("ENMAP") and any(t in entry.name for t in later) != keep:
             continue
         if entry.is_dir():
             shutil.copytree(entry, dest / entry.name, copy_function=os.link)
@@ -107,6 +107,28 @@ def test_extension_equals_a_fresh_build_over_all_scenes(extended: dict, corpus: 
     assert sorted(map(tuple, locations.loc[locations["n_obs"] > 0, key].to_numpy().tolist())) == sorted(
         map(tuple, fresh[key].to_numpy().tolist())
     )
+
+
+def test_a_new_scene_nearer_its_zone_meridian_retires_existing_cells(
+    example: Example, corpus: Path, tmp_path: Path
+) -> None:
+    zone_32 = ("-DT0000001001_", "-DT0000001002_", "-DT0000001003_")  # every scene that covers A's eastern column
+    first = build(_copy_archive(example, tmp_path / "archive", keep=False, later=zone_32), tmp_path / "corpus")
+    before = CorpusReader(first)
+    losing = before.table("observations").query("epsg == 32633")
+    manifest = _extend(first, example.archive)
+    reader = CorpusReader(first)
+    retired = reader.table("retired")
+    expected = {(row.product, row.epsg, row.ix, row.iy) for row in losing.itertuples()} - _content(corpus).keys()
+    assert len(losing) == 4 and len(expected) == 2  # alone, E keeps all 4 cells; the scenario drops 2 of them
+    assert {(row.product, row.epsg, row.ix, row.iy) for row in retired.itertuples()} == expected
+    assert retired["reason"].str.startswith("zone_overlap: a new cell of another UTM zone").all()
+    assert manifest["n_retired"] == 2
+    assert _content(first).keys() == _content(corpus).keys()
+    locations = reader.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
+    old_ids = before.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
+    assert sorted(locations["location_id"]) == sorted(old_ids["location_id"]) and (locations["n_obs"] == 0).all()
+    assert verify_corpus(reader) == []
 
 
 def test_old_shards_ids_and_splits_are_untouched(extended: dict) -> None:
