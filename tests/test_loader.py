@@ -194,6 +194,12 @@ def test_a_pass_that_fails_stops_its_workers_before_the_next_pass(corpus: Path) 
         assert_images(batch, expected)
 
 
+def test_a_ring_larger_than_the_shared_memory_is_refused_before_allocation(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="observation")
+    with pytest.raises(MemoryError, match=r"GiB of shared memory for its ring .* /dev/shm has .* GiB free"):
+        PatchLoader(dataset, 10**6, num_workers=1)  # 4 slots of a million 6.6 MB patches
+
+
 def test_transforms_must_return_counts(corpus: Path) -> None:
     def halve(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return image / 2

@@ -22,6 +22,8 @@ delivered, so no stale batch ever writes a slot that a new one uses.
 
 from __future__ import annotations
 
+import math
+import os
 import weakref
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
@@ -31,6 +33,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from training.dataset import CorpusDataset
 from training.sampler import ShardAwareSampler
+
+#: The ring holds raw counts; torch puts shared memory for workers in this file system.
+RING_DTYPE = torch.int16
+SHARED_MEMORY = "/dev/shm"
 
 #: A batch as the batch sampler hands it to a worker: the ring slot to fill and the item indices.
 SlotBatch = tuple[int, list[int]]
@@ -106,8 +112,10 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         **kwargs: Any,
     ) -> None:
         slots = (prefetch_factor * num_workers if num_workers else 0) + 2
-        shape = dataset.image_shape()
-        rings = {key: _ring(slots, batch_size, shape, shared=num_workers > 0) for key in dataset.view_keys}
+        shape = (slots, batch_size, *dataset.image_shape())
+        if num_workers:
+            _check_shared_memory(len(dataset.view_keys) * math.prod(shape) * RING_DTYPE.itemsize)
+        rings = {key: _ring(shape, shared=num_workers > 0) for key in dataset.view_keys}
         self.index_sampler = sampler if sampler is not None else ShardAwareSampler(dataset)
         super().__init__(
             RingDataset(dataset, rings),
@@ -163,10 +171,25 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         return batch
 
 
-def _ring(slots: int, batch_size: int, image_shape: Sequence[int], shared: bool) -> torch.Tensor:
-    """An int16 ring of ``slots`` batches; in shared memory (every page touched once, here) when ``shared``."""
-    ring = torch.empty((slots, batch_size, *image_shape), dtype=torch.int16)
+def _ring(shape: Sequence[int], shared: bool) -> torch.Tensor:
+    """An int16 ring of ``shape`` (slots, batch, C, H, W); in shared memory when ``shared``; every page touched."""
+    ring = torch.empty(tuple(shape), dtype=RING_DTYPE)
     if shared:
         ring.share_memory_()
     ring.numpy().fill(0)
     return ring
+
+
+def _check_shared_memory(needed: int, path: str = SHARED_MEMORY) -> None:
+    """Refuse a ring that the shared-memory file system cannot hold (touching it would kill us with SIGBUS)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:  # no such file system here: torch will say what it lacks
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise MemoryError(
+            f"PatchLoader needs {needed / 2**30:.2f} GiB of shared memory for its ring of batches, but {path} "
+            f"has {free / 2**30:.2f} GiB free: lower batch_size, num_workers or prefetch_factor, or give it "
+            "more (in a container: docker run --shm-size)"
+        )
