@@ -78,6 +78,7 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         stats = manifest["stats"]
         self._mean = np.asarray(stats["mean"], dtype=np.float32)[self.bands].reshape(-1, 1, 1)
         self._inv_std = 1 / np.maximum(np.asarray(stats["std"], dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
+        self._normalize = Normalize(self._mean, self._inv_std)  # the same arithmetic as PatchLoader's
         self._reader: PatchReader | None = None
         self._pid = -1
 
@@ -88,11 +89,8 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         rows, generator = self._draw(index)
         sample = self._metadata(rows[0])
         for key, row in zip(self.view_keys, rows, strict=True):
-            image = self._raw(row, generator).numpy().astype(np.float32)
-            if self.normalize:  # in place, in numpy: one pass each, no temporaries
-                image -= self._mean
-                image *= self._inv_std
-            sample[key] = torch.from_numpy(image)
+            image = self._raw(row, generator)
+            sample[key] = self._normalize(image) if self.normalize else image.float()
         return sample
 
     def read_batch(self, indices: Sequence[int], out: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
