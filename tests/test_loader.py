@@ -112,6 +112,13 @@ def test_dataloader_with_workers_sees_every_item_once(corpus: Path, workers: int
         assert batches[0]["image2"].shape == batches[0]["image"].shape
 
 
+def flip_a_shard_index_byte(shard: Path) -> None:
+    """Corrupt one byte inside the shard index at the end of ``shard`` (before its CRC32C)."""
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
 def expected_batches(dataset: CorpusDataset, order: list[int], size: int) -> list[dict[str, torch.Tensor]]:
     """What a plain DataLoader makes of the sampler's order: ``default_collate`` of the items."""
     return [default_collate([dataset[i] for i in order[start : start + size]]) for start in range(0, len(order), size)]
@@ -234,10 +241,7 @@ def test_patch_loader_names_a_corrupt_shard(corpus: Path, tmp_path: Path) -> Non
 
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy)
-    shard = copy / "patches.zarr" / "patches" / "c" / "1" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    data[-10] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip_a_shard_index_byte(copy / "patches.zarr" / "patches" / "c" / "1" / "0" / "0" / "0")
     dataset = CorpusDataset(copy, split=None, unit="observation")
     with pytest.raises(OSError, match=r"c/1/0/0/0: shard index checksum mismatch"):
         list(PatchLoader(dataset, 4, num_workers=1))
@@ -270,10 +274,7 @@ def test_patch_reader_equals_zarr_and_checks_the_shard_index(corpus: Path, tmp_p
         np.testing.assert_array_equal(reader.read(obs), np.asarray(array[obs]))
     copy = tmp_path / "patches"
     shutil.copytree(corpus / "patches.zarr" / "patches", copy)
-    shard = copy / "c" / "0" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    data[-10] ^= 0xFF  # inside the index
-    shard.write_bytes(bytes(data))
+    flip_a_shard_index_byte(copy / "c" / "0" / "0" / "0" / "0")
     with pytest.raises(OSError, match="shard index checksum mismatch"):
         PatchReader(copy).read(0)
 

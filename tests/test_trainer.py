@@ -228,14 +228,19 @@ with open(os.path.join(out, f"seen-{os.environ['RANK']}.json"), "w") as stream:
 """
 
 
-def test_torchrun_trains_on_a_corpus_with_the_patch_loader(corpus: Path, tmp_path: Path) -> None:
+def torchrun_two(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` with this checkout importable; it must succeed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "training.train_cli", "--corpus", str(corpus), "--device", "cpu", "--out", str(tmp_path)]
-    command += ["--batch-size", "1", "--max-steps", "2", "--log-every", "1", "--num-workers", "1"]
-    command += ["--image-size", "16", "--token-size", "4"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_trains_on_a_corpus_with_the_patch_loader(corpus: Path, tmp_path: Path) -> None:
+    options = ["--corpus", str(corpus), "--device", "cpu", "--out", str(tmp_path), "--batch-size", "1"]
+    options += ["--max-steps", "2", "--log-every", "1", "--num-workers", "1", "--image-size", "16", "--token-size", "4"]
+    done = torchrun_two("-m", "training.train_cli", *options, timeout=300)
     assert [r["step"] for r in records(tmp_path)] == [1, 2]
     assert json.loads(done.stdout)["step"] == 2
 
@@ -243,10 +248,7 @@ def test_torchrun_trains_on_a_corpus_with_the_patch_loader(corpus: Path, tmp_pat
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run([*command, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_two(str(script), str(tmp_path), timeout=180)
     seen = [set(json.loads((tmp_path / f"seen-{rank}.json").read_text())) for rank in (0, 1)]
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert [r["step"] for r in records(tmp_path)] == [1, 2, 3]
