@@ -8,10 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from catalog.query import SceneQuery
 from stages.rules import Rules
 from training.train_cli import add_train_parser
+
+if TYPE_CHECKING:
+    from pipeline.build import BuildOptions
 
 log = logging.getLogger("spectral_corpus")
 
@@ -170,48 +174,47 @@ def _rules(args: argparse.Namespace) -> Rules:
     )
 
 
-def _build(args: argparse.Namespace) -> int:
-    from pipeline.build import BuildOptions, build_corpus
+def _source_options(args: argparse.Namespace, out: Path, rules: Rules) -> BuildOptions:
+    """What ``build`` and ``extend`` read (source, query, cluster, progress) and where they publish."""
+    from pipeline.build import BuildOptions
 
-    options = BuildOptions(
+    return BuildOptions(
         source=args.source,
-        out=args.out,
+        out=out,
         query=_query(args),
-        rules=_rules(args),
+        rules=rules,
         workers=args.workers,
         scheduler=args.scheduler,
         progress=not args.quiet,
     )
-    manifest = build_corpus(options)
-    print(
-        f"published {args.out} version {manifest['version']}: {manifest['n_obs']} observations at "
+
+
+def _published(corpus: Path, manifest: dict[str, Any]) -> str:
+    """One line on a newly published version."""
+    return (
+        f"published {corpus} version {manifest['version']}: {manifest['n_obs']} observations at "
         f"{manifest['n_locations']} locations in {manifest['n_shards']} shards"
     )
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pipeline.build import build_corpus
+
+    print(_published(args.out, build_corpus(_source_options(args, args.out, _rules(args)))))
     return 0
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from pipeline.build import BuildOptions, extend_corpus
+    from pipeline.build import extend_corpus
 
-    options = BuildOptions(
-        source=args.source,
-        out=args.corpus,
-        query=_query(args),
-        rules=Rules(),  # replaced by the corpus's own rules
-        workers=args.workers,
-        scheduler=args.scheduler,
-        progress=not args.quiet,
-    )
+    options = _source_options(args, args.corpus, Rules())  # the rules are replaced by the corpus's own
     result = extend_corpus(options, dry_run=args.dry_run)
     if args.dry_run:
         print(json.dumps(result, indent=2))
     elif result.get("unchanged"):
         print(f"{args.corpus}: nothing new in {args.source}; version {result['version']} stays current")
     else:
-        print(
-            f"published {args.corpus} version {result['version']}: {result['n_obs']} observations at "
-            f"{result['n_locations']} locations in {result['n_shards']} shards ({result['n_retired']} retired)"
-        )
+        print(f"{_published(args.corpus, result)} ({result['n_retired']} retired)")
     return 0
 
 

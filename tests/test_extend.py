@@ -231,8 +231,14 @@ def test_extension_killed_while_writing_shards_resumes(
     kill_after_first_shard(command, corpus)
     assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
     assert verify_corpus(CorpusReader(corpus)) == []
-    assert subprocess.run(command, capture_output=True, check=False).returncode == 0
+    resumed = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
     assert verify_corpus(CorpusReader(corpus)) == []
+    m = CorpusReader(corpus).manifest
+    assert resumed.stdout.strip() == (
+        f"published {corpus} version 2: {m['n_obs']} observations at {m['n_locations']} locations in "
+        f"{m['n_shards']} shards ({m['n_retired']} retired)"
+    )
     got, want = _content(corpus), _content(extended["corpus"])
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
