@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -144,6 +145,17 @@ class _Server(ThreadingHTTPServer):
         """A client that gave up on a hanging request is expected: print nothing."""
 
 
+def send_reply(handler: BaseHTTPRequestHandler, status: int, headers: Iterable[tuple[str, str]], data: bytes) -> None:
+    """Answer with ``status``, ``headers`` (hop-by-hop ones dropped), the body's length and ``data``."""
+    handler.send_response(status)
+    for key, value in headers:
+        if key.lower() not in HOP_BY_HOP:
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -166,13 +178,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 response_headers = [("Content-Type", "application/json")]
                 if fault.retry_after is not None:
                     response_headers.append(("Retry-After", fault.retry_after))
-            self.send_response(status)
-            for key, value in response_headers:
-                if key.lower() not in HOP_BY_HOP:
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_reply(self, status, response_headers, data)
 
         def log_message(self, *args: Any) -> None:
             pass

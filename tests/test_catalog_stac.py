@@ -34,6 +34,7 @@ from catalog.stac import (
     record_from_item,
     search_stac_api,
 )
+from fault_proxy import send_reply
 from stac_server import stac_api
 
 COLLECTION = "ENMAP_HSI_L2A"
@@ -381,13 +382,7 @@ def _handler(api: Scripted) -> type[BaseHTTPRequestHandler]:
 
         def _reply(self) -> None:
             status, headers, body = api.answer(self.command, self.path, dict(self.headers))
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            for key, value in {"Content-Type": "application/json", **headers}.items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_reply(self, status, {"Content-Type": "application/json", **headers}.items(), json.dumps(body).encode())
 
         def log_message(self, *args: Any) -> None:
             pass
