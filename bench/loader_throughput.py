@@ -279,12 +279,10 @@ def export_files(corpus: Path, export: Path) -> list[Path]:
     return files
 
 
-def corpus_normalisation(corpus: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, 1 / std) per band, shaped (C, 1, 1), from the manifest, as ``CorpusDataset`` computes them."""
-    stats = CorpusReader(corpus).manifest["stats"]
-    mean = np.asarray(stats["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    inv_std = 1 / np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6).reshape(-1, 1, 1)
-    return mean, inv_std
+def normalisation(dataset: CorpusDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1 / std) per band, shaped (C, 1, 1): the corpus statistics exactly as the dataset applies them."""
+    normalize = dataset.normalizer()
+    return normalize.mean.numpy(), normalize.inv_std.numpy()
 
 
 # --- reading chunks as the loader does --------------------------------------------------------------------
@@ -585,7 +583,7 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
     """
     _, source = chunk_bytes(dataset)
     obs = np.asarray(dataset._obs).tolist()
-    mean, inv_std = dataset._mean, dataset._inv_std
+    mean, inv_std = normalisation(dataset)
     threads = numcodecs.blosc.get_nthreads()
     numcodecs.blosc.set_nthreads(1)
     steps: dict[str, list[float]] = {}
@@ -657,7 +655,7 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
     """Every loader measurement of the run."""
     raw = CorpusDataset(data.corpus, split=None, unit="observation", normalize=False)
     normalised = CorpusDataset(data.corpus, split=None, unit="observation", normalize=True)
-    mean, inv_std = corpus_normalisation(data.corpus)
+    mean, inv_std = normalisation(normalised)
     spectralearth = SpectralEarthFiles(files, mean, inv_std)
     band = SpectralEarthFiles([data.export_band / f.relative_to(data.export) for f in files], mean, inv_std)
     worker_counts = sorted({0, *args.workers})
