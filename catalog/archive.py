@@ -7,11 +7,11 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-
-from shapely.geometry import Polygon
+from typing import IO
 
 from catalog.errors import ProductError
-from catalog.product import asset_key, is_product_name, metadata_from_xml
+from catalog.metadata import read_metadata
+from catalog.product import asset_key, is_product_name
 from catalog.query import SceneQuery
 from catalog.scenes import OK, SceneRecord
 
@@ -19,7 +19,10 @@ from catalog.scenes import OK, SceneRecord
 def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneRecord]:
     """One record per product under ``root``, in path order; other files are ignored.
 
-    A product is a folder, or a ``.zip`` file, named after it. Asset hrefs are absolute paths, or
+    A product is a folder, or a ``.zip`` file, named after it, at any depth (DLR's order folders
+    ``dims_op_oc_oc-en_<order>_1/ENMAP.HSI.L2A/<item>/<product>.ZIP`` beside ``readme.html``, ``iif/``
+    and ``tools/``). A ZIP holds a ``<product>/`` folder or the files directly. Only the head of each
+    METADATA.XML is read (see ``catalog.metadata``). Asset hrefs are absolute paths, or
     ``/vsizip/`` paths into ZIP files. Products that cannot be used give rejected records: among them
     a folder or file that links out of ``root``, and a ZIP with a member that is absolute, climbs out
     with ``..`` or is a symbolic link.
@@ -32,13 +35,21 @@ def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneReco
 
 
 def _products(folder: Path) -> Iterator[Path]:
-    """Product folders and ZIP files under ``folder``, depth first in name order."""
+    """Product folders and ZIP files under ``folder``, depth first in name order.
+
+    A folder named like a product is one when it holds files of that product; otherwise (an order's
+    item folder holding ``<product>.ZIP``) it is searched like any other folder.
+    """
     for path in sorted(folder.iterdir()):
         is_zip = path.suffix.lower() == ".zip" and path.is_file()
-        if is_product_name(path.stem if is_zip else path.name) and (is_zip or path.is_dir()):
+        if (is_zip and is_product_name(path.stem)) or (path.is_dir() and _is_product_folder(path)):
             yield path
         elif path.is_dir() and not path.is_symlink():
             yield from _products(path)
+
+
+def _is_product_folder(path: Path) -> bool:
+    return is_product_name(path.name) and any(asset_key(p.name, path.name) for p in path.iterdir())
 
 
 def _record(path: Path, root: Path) -> SceneRecord:
@@ -55,8 +66,10 @@ def _folder_record(folder: Path) -> SceneRecord:
     name, source = folder.name, str(folder)
     files = sorted(folder.iterdir())
     hrefs = {key: str(path) for path in files if (key := asset_key(path.name, name)) and path.is_file()}
-    metadata = Path(hrefs["metadata"]).read_bytes() if "metadata" in hrefs else None
-    return _product_record(name, source, hrefs, metadata)
+    if "metadata" not in hrefs:
+        return _product_record(name, source, hrefs, None)
+    with open(hrefs["metadata"], "rb") as metadata:
+        return _product_record(name, source, hrefs, metadata)
 
 
 def _zip_record(path: Path) -> SceneRecord:
@@ -74,11 +87,13 @@ def _zip_record(path: Path) -> SceneRecord:
                 reason = f"unsafe ZIP member {link.filename!r}: a symbolic link (to {target!r})"
                 return SceneRecord.rejected(name, source, reason)
             assets = {key: m for m in members if (key := _member_key(m, name))}
-            metadata = archive.read(assets["metadata"]) if "metadata" in assets else None
+            hrefs = {key: f"/vsizip/{path}/{member}" for key, member in assets.items()}
+            if "metadata" not in assets:
+                return _product_record(name, source, hrefs, None)
+            with archive.open(assets["metadata"]) as metadata:
+                return _product_record(name, source, hrefs, metadata)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         return SceneRecord.rejected(name, source, f"corrupt ZIP file ({error})")
-    hrefs = {key: f"/vsizip/{path}/{member}" for key, member in assets.items()}
-    return _product_record(name, source, hrefs, metadata)
 
 
 def _is_unsafe(member: str) -> bool:
@@ -98,30 +113,14 @@ def _member_key(member: str, name: str) -> str | None:
     return asset_key(filename, name) if folder in ("", name) else None
 
 
-def _product_record(name: str, source: str, hrefs: dict[str, str], metadata: bytes | None) -> SceneRecord:
-    """A record from a product's files and METADATA.XML, or a rejected one saying what is wrong."""
+def _product_record(name: str, source: str, hrefs: dict[str, str], metadata: IO[bytes] | None) -> SceneRecord:
+    """A record from a product's files and the head of its METADATA.XML, or a rejected one saying why."""
     if metadata is None:
         return SceneRecord.rejected(name, source, "no METADATA.XML")
     if "image" not in hrefs:
         return SceneRecord.rejected(name, source, "no SPECTRAL_IMAGE file")
     try:
-        meta = metadata_from_xml(metadata, source)
+        meta = read_metadata(metadata, source).metadata
     except ProductError as error:
         return SceneRecord.rejected(name, source, str(error))
-    if meta.name != name:
-        return SceneRecord.rejected(name, source, f"METADATA.XML names product {meta.name!r}, not {name!r}")
-    return SceneRecord(
-        product=name,
-        source=source,
-        datatake=meta.datatake,
-        tile=meta.tile,
-        version=meta.version,
-        acquired=meta.acquired,
-        processed=meta.processed,
-        epsg=meta.epsg,
-        footprint=Polygon(meta.corners),
-        cloud_cover=meta.cloud_cover,
-        snow_cover=meta.snow_cover,
-        quality=meta.quality,
-        assets=tuple(sorted(hrefs.items())),
-    )
+    return SceneRecord.from_metadata(meta, name, source, hrefs)

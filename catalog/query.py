@@ -27,7 +27,8 @@ class SceneQuery:
 
     ``bbox`` is (west, south, east, north) and ``aoi`` a geometry, both in lon/lat; ``start`` and
     ``end`` are inclusive UTC times of acquisition; ``max_cloud`` (scene ``eo:cloud_cover`` in %) is
-    inclusive, as is ``min_quality`` (``enmap:overallQuality``).
+    inclusive, as is ``max_quality`` (``enmap:overallQuality``: 0 nominal, 1 reduced, 2 low; lower is
+    better, so ``max_quality=0`` keeps nominal scenes only).
     """
 
     collection: str = DEFAULT_COLLECTION
@@ -36,7 +37,7 @@ class SceneQuery:
     start: datetime | None = None
     end: datetime | None = None
     max_cloud: float | None = None
-    min_quality: float | None = None
+    max_quality: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):
@@ -58,7 +59,7 @@ class SceneQuery:
         start: TimeLike | None = None,
         end: TimeLike | None = None,
         max_cloud: float | None = None,
-        min_quality: float | None = None,
+        max_quality: float | None = None,
     ) -> SceneQuery:
         """Build a query from loose user input.
 
@@ -73,7 +74,7 @@ class SceneQuery:
             start=_to_utc(start, end_of_day=False) if start is not None else None,
             end=_to_utc(end, end_of_day=True) if end is not None else None,
             max_cloud=None if max_cloud is None else float(max_cloud),
-            min_quality=None if min_quality is None else float(min_quality),
+            max_quality=None if max_quality is None else float(max_quality),
         )
 
     def matches(self, record: SceneRecord, *, unknown_passes: bool = False) -> bool:
@@ -86,7 +87,7 @@ class SceneQuery:
             self._place_passes(record),
             self._time_passes(record),
             _within(record.cloud_cover, self.max_cloud, operator.le),
-            _within(record.quality, self.min_quality, operator.ge),
+            _within(record.quality, self.max_quality, operator.le),
         )
         return False not in verdicts if unknown_passes else all(v is True for v in verdicts)
 
@@ -99,7 +100,7 @@ class SceneQuery:
             "start": self.start.isoformat() if self.start else None,
             "end": self.end.isoformat() if self.end else None,
             "max_cloud": self.max_cloud,
-            "min_quality": self.min_quality,
+            "max_quality": self.max_quality,
         }
 
     def _place_passes(self, record: SceneRecord) -> bool | None:

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
+from catalog.bands import N_BANDS, REFLECTANCE_SCALE
+from catalog.metadata import ProductMetadata
 from catalog.product import ProductName
 
 OK = "ok"
 REJECTED = "rejected"
+#: Cover figures of a scene, in percent (METADATA.XML ``specific/qualityFlag``; STAC properties).
+COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,9 @@ class SceneRecord:
 
     ``status`` is ``ok`` or ``rejected``; a rejected record says why in ``reason``. ``assets`` maps
     asset keys (see ``catalog.product.ASSET_SUFFIXES``) to hrefs that rasterio can open
-    (local paths, ``/vsizip/`` paths or http(s) URLs). ``footprint`` is in lon/lat (EPSG:4326).
+    (local paths, ``/vsizip/`` paths or http(s) URLs). ``footprint`` is in lon/lat (EPSG:4326): the
+    valid swath. Covers are percent of the scene; ``quality`` is ``overallQuality`` (0 nominal,
+    1 reduced, 2 low). ``wavelengths_nm`` and ``fwhm_nm`` are this scene's own band characterisation.
     """
 
     product: str
@@ -37,11 +44,39 @@ class SceneRecord:
     epsg: int | None = None
     footprint: BaseGeometry | None = None
     cloud_cover: float | None = None
+    cloud_shadow: float | None = None
     snow_cover: float | None = None
+    haze_cover: float | None = None
+    cirrus_cover: float | None = None
+    water_cover: float | None = None
     quality: float | None = None
+    wavelengths_nm: tuple[float, ...] = ()
+    fwhm_nm: tuple[float, ...] = ()
     assets: tuple[tuple[str, str], ...] = ()
     status: str = OK
     reason: str = ""
+
+    @classmethod
+    def from_metadata(cls, meta: ProductMetadata, product: str, source: str, assets: dict[str, str]) -> SceneRecord:
+        """The record of a product from its METADATA.XML, or a rejected one saying what is wrong."""
+        reason = _metadata_problem(meta, product)
+        if reason:
+            return cls.rejected(product, source, f"{source}: {reason}")
+        return cls(
+            product=product,
+            source=source,
+            datatake=meta.datatake,
+            tile=meta.tile,
+            version=meta.version,
+            acquired=meta.acquired,
+            processed=meta.processed,
+            footprint=Polygon(meta.corners),
+            **{cover: getattr(meta, cover) for cover in COVERS},
+            quality=None if meta.quality is None else float(meta.quality),
+            wavelengths_nm=meta.bands.centres_nm,
+            fwhm_nm=meta.bands.fwhm_nm,
+            assets=tuple(sorted(assets.items())),
+        )
 
     @classmethod
     def rejected(cls, product: str, source: str, reason: str) -> SceneRecord:
@@ -67,6 +102,27 @@ class SceneRecord:
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
         return (type(self).__name__, self.product, self.source, self.assets, self.status)
+
+
+def _metadata_problem(meta: ProductMetadata, product: str) -> str:
+    """Why a product's METADATA.XML makes it unusable here; empty when it is fine."""
+    name = ProductName.parse(product)
+    if meta.name != product:
+        return f"METADATA.XML names product {meta.name!r}, not {product!r}"
+    if meta.level != "L2A":
+        return f"METADATA.XML says processing level {meta.level!r}; only L2A products are read"
+    if (meta.datatake, meta.tile, meta.version) != (name.datatake, name.tile, name.version):
+        said = f"datatake {meta.datatake}, tile {meta.tile}, processor {meta.processor}"
+        return f"METADATA.XML ({said}) disagrees with the product name"
+    if meta.n_bands != N_BANDS or len(meta.bands) != N_BANDS:
+        return (
+            f"product has {meta.n_bands} bands ({len(meta.bands)} characterised in METADATA.XML); "
+            f"operational EnMAP L2A products have {N_BANDS}"
+        )
+    scales = set(zip(meta.bands.gains, meta.bands.offsets, strict=True))
+    if scales != {(REFLECTANCE_SCALE, 0.0)}:
+        return f"band gains/offsets {sorted(scales)[:3]} differ from reflectance = DN x {REFLECTANCE_SCALE:g} + 0"
+    return ""
 
 
 def keep_newest(records: Iterable[SceneRecord]) -> list[SceneRecord]:
@@ -106,14 +162,18 @@ _COLUMNS = [
     "acquired",
     "processed",
     "epsg",
-    "cloud_cover",
-    "snow_cover",
+    *COVERS,
     "quality",
+    "wavelengths_nm",
+    "fwhm_nm",
     "assets",
     "source",
     "status",
     "reason",
 ]
+
+
+_LISTS = ("wavelengths_nm", "fwhm_nm")
 
 
 def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None = None) -> gpd.GeoDataFrame:
@@ -125,7 +185,8 @@ def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None 
     rows = sorted(records, key=lambda r: r.product)
     frame = pd.DataFrame(
         {
-            **{c: [getattr(r, c) for r in rows] for c in _COLUMNS if c != "assets"},
+            **{c: [getattr(r, c) for r in rows] for c in _COLUMNS if c not in (*_LISTS, "assets")},
+            **{c: [list(getattr(r, c)) for r in rows] for c in _LISTS},
             "assets": [json.dumps(r.asset_map, sort_keys=True) for r in rows],
         },
         columns=_COLUMNS,
@@ -155,9 +216,15 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
                 processed=_optional_time(values["processed"]),
                 epsg=_optional_int(values["epsg"]),
                 footprint=values.get("geometry"),
-                cloud_cover=_optional_float(values["cloud_cover"]),
-                snow_cover=_optional_float(values["snow_cover"]),
+                cloud_cover=_optional_float(values.get("cloud_cover")),
+                cloud_shadow=_optional_float(values.get("cloud_shadow")),
+                snow_cover=_optional_float(values.get("snow_cover")),
+                haze_cover=_optional_float(values.get("haze_cover")),
+                cirrus_cover=_optional_float(values.get("cirrus_cover")),
+                water_cover=_optional_float(values.get("water_cover")),
                 quality=_optional_float(values["quality"]),
+                wavelengths_nm=_floats(values.get("wavelengths_nm")),
+                fwhm_nm=_floats(values.get("fwhm_nm")),
                 assets=tuple(sorted(json.loads(values["assets"]).items())),
                 status=values["status"],
                 reason=values["reason"],
@@ -199,6 +266,10 @@ def _optional_int(value: object) -> int | None:
 
 def _optional_float(value: object) -> float | None:
     return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def _floats(values: object) -> tuple[float, ...]:
+    return () if values is None else tuple(float(v) for v in values)  # type: ignore[attr-defined]
 
 
 def _optional_time(value: object) -> datetime | None:

@@ -21,6 +21,7 @@ import base64
 import json
 import math
 import os
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -43,8 +44,11 @@ from shapely.errors import ShapelyError
 from shapely.geometry import mapping, shape
 from urllib3.util.retry import Retry
 
-from catalog.errors import StacApiError
-from catalog.product import ASSET_SUFFIXES, ProductName, asset_key, is_product_name
+from catalog.bands import N_BANDS
+from catalog.errors import ProductError, StacApiError
+from catalog.hrefs import is_local, open_local
+from catalog.metadata import read_metadata
+from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
 from catalog.query import SceneQuery
 from catalog.scenes import OK, REJECTED, SceneRecord
 
@@ -111,7 +115,13 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: boo
 
 
 def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
-    """Parse a STAC item (as a dict) into a scene record; unusable items give rejected records."""
+    """Parse a STAC item (as a dict) into a scene record; unusable items give rejected records.
+
+    DLR's items are read as they come: numbers as strings, ``proj:epsg`` null on the item and set on
+    each asset, ``eo:bands`` on the image asset, asset keys such as ``quality_cloud_shadow``. When the
+    item's METADATA.XML asset is a local file (or ZIP member), the record is made from it exactly as
+    for a product in a local archive, keeping the item's assets and CRS.
+    """
     product = str(item.get("id", ""))
     if not is_product_name(product):
         return SceneRecord.rejected(product, source, f"STAC item id {product!r} is not an EnMAP L2A product name")
@@ -121,13 +131,32 @@ def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
         return SceneRecord.rejected(product, source, f"STAC item has a bad field ({error!r})")
     if "image" not in record.asset_map:
         return replace(record, status=REJECTED, reason=NO_IMAGE)
+    metadata = record.asset_map.get("metadata")
+    if metadata is not None and is_local(metadata):
+        return _record_from_metadata(record, metadata)
+    if record.wavelengths_nm and len(record.wavelengths_nm) != N_BANDS:
+        reason = f"STAC item lists {len(record.wavelengths_nm)} eo:bands; operational EnMAP L2A products have {N_BANDS}"
+        return replace(record, status=REJECTED, reason=reason)
     return record
+
+
+def _record_from_metadata(record: SceneRecord, href: str) -> SceneRecord:
+    """The record made from the item's local METADATA.XML (as in an archive), with the item's CRS."""
+    try:
+        with open_local(href) as stream:
+            meta = read_metadata(stream, href).metadata
+    except (ProductError, OSError, zipfile.BadZipFile) as error:
+        return SceneRecord.rejected(record.product, record.source, f"{error}")
+    from_xml = SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
+    return replace(from_xml, epsg=record.epsg) if from_xml.status == OK else from_xml
 
 
 def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneRecord:
     name = ProductName.parse(product)
     props = item.get("properties") or {}
     assets = _our_assets(item.get("assets") or {}, product)
+    image = assets.get("image", {})
+    bands = image.get("eo:bands") or props.get("eo:bands") or []
     return SceneRecord(
         product=product,
         source=source,
@@ -136,23 +165,35 @@ def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneReco
         version=name.version,
         acquired=_parse_time(props["datetime"]) if props.get("datetime") else name.acquired,
         processed=name.processed,
-        epsg=_epsg(props) or _epsg(assets.get("image", {})),
+        epsg=_epsg(props) or _epsg(image),
         footprint=shape(item["geometry"]) if item.get("geometry") else None,
         cloud_cover=_number(props.get("eo:cloud_cover")),
+        cloud_shadow=_number(props.get("enmap:cloud_shadow")),
         snow_cover=_number(props.get("eo:snow_cover")),
+        haze_cover=_number(props.get("enmap:haze_cover")),
+        cirrus_cover=_number(props.get("enmap:cirrus_cover")),
+        water_cover=_number(props.get("enmap:water_cover")),
         quality=_number(props.get("enmap:overallQuality")),
+        wavelengths_nm=tuple(round(1000 * float(b["center_wavelength"]), 6) for b in bands),
+        fwhm_nm=tuple(round(1000 * float(b.get("full_width_half_max", "nan")), 6) for b in bands),
         assets=tuple(sorted((key, str(asset["href"])) for key, asset in assets.items())),
     )
 
 
+_FROM_DLR_KEYS = {dlr: ours for ours, dlr in DLR_ASSET_KEYS.items()}
+
+
 def _our_assets(assets: Mapping[str, Mapping[str, Any]], product: str) -> dict[str, Mapping[str, Any]]:
-    """Assets under our keys: keys named like ours pass through, others are named from the file."""
+    """Assets under our keys: named from the file, else from the asset key (ours or DLR's)."""
     ours: dict[str, Mapping[str, Any]] = {}
     for asset in assets.values():
         key = asset_key(urlsplit(str(asset.get("href", ""))).path, product)
         if key is not None:
             ours.setdefault(key, asset)
-    ours.update({key: asset for key, asset in assets.items() if key in ASSET_SUFFIXES and asset.get("href")})
+    for key, asset in assets.items():
+        key = _FROM_DLR_KEYS.get(key, key)
+        if key in ASSET_SUFFIXES and asset.get("href"):
+            ours.setdefault(key, asset)
     return ours
 
 
@@ -222,7 +263,7 @@ def _search_parameters(query: SceneQuery, page_size: int, *, cql2: bool) -> dict
         {"op": op, "args": [{"property": name}, value]}
         for op, name, value in (
             ("<=", "eo:cloud_cover", query.max_cloud),
-            (">=", "enmap:overallQuality", query.min_quality),
+            ("<=", "enmap:overallQuality", query.max_quality),
         )
         if value is not None
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -25,17 +25,11 @@ import pandas as pd
 import shapely
 from affine import Affine
 from pyproj import Transformer
-from rasterio.io import MemoryFile
 
 from catalog.bands import N_BANDS, NODATA, REFLECTANCE_SCALE, band_table
-from catalog.product import (
-    ASSET_SUFFIXES,
-    ProductMetadata,
-    ProductName,
-    asset_key,
-    metadata_to_xml,
-    product_filename,
-)
+from catalog.metadata import Bands, ProductMetadata, metadata_xml, projection_name
+from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, product_filename
+from catalog.rasters import encode_raster
 
 COLLECTION_ID = "ENMAP_HSI_L2A"
 PIXEL_M = 30
@@ -77,6 +71,18 @@ _EXTENSIONS = [
 _README = """Synthetic EnMAP L2A example archive written by catalog.synth (not a product).
 Spectra: linear mixtures of the Berlin urban spectral library, DOI 10.5880/enmap.2016.008.
 """
+#: Where DLR's portal puts ordered products: ``<order folder>/ENMAP.HSI.L2A/<item folder>/<product>.ZIP``.
+ORDER_FOLDER = "dims_op_oc_oc-en_701234567_1"
+ORDER_ITEMS = "ENMAP.HSI.L2A"
+#: Cover figure -> (quality layer, flagged values) it counts (water: class 2 of QL_QUALITY_CLASSES).
+_COVER_LAYERS = {
+    "cloud_cover": ("quality_cloud", None),
+    "cloud_shadow": ("quality_cloudshadow", None),
+    "snow_cover": ("quality_snow", None),
+    "haze_cover": ("quality_haze", None),
+    "cirrus_cover": ("quality_cirrus", None),
+    "water_cover": ("quality_classes", 2),
+}
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,8 @@ class ScenePlan:
     cloudy_margins: bool = False
     stac_epsg: bool = True
     beside: str = ""
+    quality: int = 0
+    raster_format: str = "GTiff"
 
     @property
     def name(self) -> str:
@@ -145,6 +153,13 @@ class ScenePlan:
         x0 = ANCHOR_M + CELL_M * self.ix0 - MARGIN_PX * PIXEL_M
         y0 = ANCHOR_M + CELL_M * (self.iy0 + 2) + MARGIN_PX * PIXEL_M
         return Affine(PIXEL_M, 0, x0, 0, -PIXEL_M, y0)
+
+    @property
+    def path(self) -> Path:
+        """Where the product lies in the archive: a folder, or a ZIP inside an order folder."""
+        if self.zipped:
+            return Path(ORDER_FOLDER, ORDER_ITEMS, self.name, f"{self.name}.ZIP")
+        return Path(self.name)
 
     def location(self, cell: CellPlan) -> tuple[int, int, int]:
         """The grid key ``(epsg, ix, iy)`` of a cell."""
@@ -194,6 +209,7 @@ SCENARIO: tuple[ScenePlan, ...] = (
             ("10", KEEP, (Event("cloudshadow", 163),)),
             ("11", CLOUDSHADOW, (Event("cloudshadow", 164),)),
         ),
+        raster_format="COG",
     ),
     ScenePlan(
         "C", 32632, 1002, 1, _utc("2023-08-15T10:55:02"), "010402", _utc("2024-07-02T04:31:15"), 181, 1500,
@@ -205,6 +221,7 @@ SCENARIO: tuple[ScenePlan, ...] = (
         ),
         zipped=True,
         cloudy_margins=True,
+        quality=1,
     ),
     ScenePlan(
         **_D_PARTS, label="D", version="010402", processed=_utc("2024-05-12T03:00:00"),
@@ -488,59 +505,65 @@ def _apply_event(reflectance: np.ndarray, patch: _Patch) -> None:
     reflectance[:, patch.index] = new
 
 
-def _metadata(plan: ScenePlan, layers: Mapping[str, np.ndarray]) -> ProductMetadata:
+def _metadata(plan: ScenePlan, layers: Mapping[str, np.ndarray], n_bands: int = N_BANDS) -> ProductMetadata:
+    """What the product's METADATA.XML says (``n_bands``: what its image holds; the XML always says 224)."""
     valid = layers["pixelmask"] == 0
-    bands = band_table()
-    t = plan.transform
-    xs = [t.c, t.c + SCENE_PX * PIXEL_M, t.c + SCENE_PX * PIXEL_M, t.c]
-    ys = [t.f, t.f, t.f - SCENE_PX * PIXEL_M, t.f - SCENE_PX * PIXEL_M]
-    lon, lat = _transformer(plan.epsg, 4326).transform(xs, ys)
+    covers = {
+        name: _cover(layers[key] == value if value is not None else layers[key] != 0, valid)
+        for name, (key, value) in _COVER_LAYERS.items()
+    }
     return ProductMetadata(
         name=plan.name,
+        level="L2A",
         datatake=plan.datatake,
         tile=plan.tile,
-        version=plan.version,
+        processor=".".join(plan.version[i : i + 2] for i in (0, 2, 4)),
         acquired=plan.acquired,
         processed=plan.processed,
-        epsg=plan.epsg,
+        n_bands=N_BANDS,
+        corners=_swath_corners(plan),
+        bands=scene_bands(plan),
         width=SCENE_PX,
         height=SCENE_PX,
-        n_bands=N_BANDS,
-        cloud_cover=_cover(layers["quality_cloud"], valid),
-        snow_cover=_cover(layers["quality_snow"], valid),
-        quality=90.0,
-        corners=tuple((round(a, 6), round(b, 6)) for a, b in zip(lon, lat, strict=True)),
-        wavelengths_nm=tuple(bands["center_nm"]),
-        fwhm_nm=tuple(bands["fwhm_nm"]),
+        product_format=_PRODUCT_FORMATS[plan.raster_format],
+        quality=plan.quality,
+        projection=projection_name(plan.epsg),
+        **covers,
     )
 
 
-def _cover(layer: np.ndarray, valid: np.ndarray) -> float:
-    """Percent of valid pixels flagged."""
-    return round(100 * float(np.count_nonzero(layer[valid])) / max(1, int(valid.sum())), 3)
+_PRODUCT_FORMATS = {
+    "GTiff": "GeoTIFF+Metadata", "COG": "GeoTIFF+Metadata", "BSQ": "BSQ+Metadata", "BIL": "BIL+Metadata",
+    "BIP": "BIP+Metadata", "JP2": "JPEG2000+Metadata",
+}  # fmt: skip
 
 
-def _geotiff(
-    plan: ScenePlan,
-    array: np.ndarray,
-    *,
-    nodata: int | None = None,
-    predictor: int = 1,
-    descriptions: Sequence[str] = (),
-) -> bytes:
-    """GeoTIFF bytes of a (bands, rows, cols) array on the scene grid: tiled 128 x 128, DEFLATE."""
-    profile = {
-        "driver": "GTiff", "width": SCENE_PX, "height": SCENE_PX, "count": array.shape[0],
-        "dtype": array.dtype.name, "crs": f"EPSG:{plan.epsg}", "transform": plan.transform, "nodata": nodata,
-        "tiled": True, "blockxsize": CELL_PX, "blockysize": CELL_PX, "compress": "deflate",
-        "predictor": predictor, "interleave": "band",
-    }  # fmt: skip
-    with MemoryFile() as memory:
-        with memory.open(**profile) as dst:
-            for band, description in enumerate(descriptions, 1):
-                dst.set_band_description(band, description)
-            dst.write(array)
-        return bytes(memory.read())
+def scene_bands(plan: ScenePlan) -> Bands:
+    """The scene's band characterisation: the nominal table shifted by a fraction of a nanometre per scene."""
+    table = band_table()
+    rng = np.random.default_rng([plan.datatake, plan.tile, 7])
+    centres = table["center_nm"].to_numpy() + rng.uniform(-0.4, 0.4) + rng.normal(0, 0.02, N_BANDS)
+    return Bands(
+        centres_nm=tuple(np.round(centres, 3).tolist()),
+        fwhm_nm=tuple(np.round(table["fwhm_nm"].to_numpy(), 3).tolist()),
+        gains=(REFLECTANCE_SCALE,) * N_BANDS,
+        offsets=(0.0,) * N_BANDS,
+    )
+
+
+def _swath_corners(plan: ScenePlan) -> tuple[tuple[float, float], ...]:
+    """(lon, lat) of the valid swath's corners (upper-left, upper-right, lower-right, lower-left)."""
+    t = plan.transform
+    left_top, left_bottom = t.c + 10 * PIXEL_M, t.c + 13 * PIXEL_M  # the swath edge of ``_patches``
+    right, bottom = t.c + SCENE_PX * PIXEL_M, t.f - SCENE_PX * PIXEL_M
+    xs, ys = [left_top, right, right, left_bottom], [t.f, t.f, bottom, bottom]
+    lon, lat = _transformer(plan.epsg, 4326).transform(xs, ys)
+    return tuple((round(a, 7), round(b, 7)) for a, b in zip(lon, lat, strict=True))
+
+
+def _cover(flagged: np.ndarray, valid: np.ndarray) -> float:
+    """Whole percent of valid pixels flagged, as DLR reports cover figures."""
+    return float(round(100 * float(np.count_nonzero(flagged[valid])) / max(1, int(valid.sum()))))
 
 
 @dataclass(frozen=True)
@@ -552,27 +575,55 @@ class _Product:
 
 
 def _render(plan: ScenePlan, landscape: Landscape, seed: int, n_bands: int = N_BANDS) -> _Product:
+    """Every file of a product, rasters in the plan's format, METADATA.XML listing them."""
     patches = _patches(plan)
     layers = _quality_layers(patches)
     meta = _metadata(plan, layers)
     cube = _spectral_cube(plan, patches, landscape, seed)[:n_bands]
-    content = {
-        "image": _geotiff(plan, cube, nodata=NODATA, predictor=2, descriptions=_band_descriptions()[:n_bands]),
-        "metadata": metadata_to_xml(meta),
-        **{key: _geotiff(plan, layer[None]) for key, layer in layers.items()},
+    rasters = {
+        "SPECTRAL_IMAGE": (cube, NODATA, _band_descriptions()[:n_bands]),
+        "QL_VNIR": (_quicklook(cube, (48, 34, 16)), None, ()),
+        "QL_SWIR": (_quicklook(cube, (203, 163, 110)), None, ()),
+        **{ASSET_SUFFIXES[key]: (layer[None], None, ()) for key, layer in layers.items()},
     }
-    return _Product(meta, {product_filename(plan.name, key): data for key, data in content.items()})
+    files: dict[str, bytes] = {}
+    for suffix, (array, nodata, descriptions) in rasters.items():
+        files |= encode_raster(
+            f"{plan.name}-{suffix}", array, crs=f"EPSG:{plan.epsg}", transform=plan.transform, nodata=nodata,
+            fmt=plan.raster_format, descriptions=descriptions,
+        )  # fmt: skip
+    history = f"{plan.name}-HISTORY.XML"
+    files[history] = _history(plan)
+    metadata = product_filename(plan.name, "metadata")
+    files[metadata] = metadata_xml(meta, files=sorted([*files, metadata]))
+    return _Product(meta, dict(sorted(files.items())))
+
+
+def _quicklook(cube: np.ndarray, bands: tuple[int, int, int]) -> np.ndarray:
+    """A uint8 RGB quicklook of three bands (0-based; they exist in every cube written here)."""
+    picked = cube[[b for b in bands if b < len(cube)] or [0]].astype(np.float32)
+    return np.clip(picked / 20, 0, 255).astype(np.uint8)
+
+
+def _history(plan: ScenePlan) -> bytes:
+    """A short processing history, as DLR ships beside METADATA.XML (the pipeline ignores it)."""
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?>\n<history><product>{plan.name}</product>'
+        f"<processor>{plan.version}</processor><note>synthetic example</note></history>\n"
+    ).encode()
 
 
 def _store(
-    archive: Path, name: str, content: Mapping[str, bytes], zipped: bool, loose: Mapping[str, bytes] | None = None
+    archive: Path, plan: ScenePlan, content: Mapping[str, bytes], loose: Mapping[str, bytes] | None = None
 ) -> dict[str, str]:
-    """Write a product as a folder or as a ZIP of ``<name>/<file>``; return asset key -> href.
+    """Write a product as a folder, or as a ZIP of ``<name>/<file>`` in an order folder; return key -> href.
 
     ``loose`` members go into the ZIP under their own paths (for a product that must be rejected).
     """
-    if zipped:
-        path = archive / f"{name}.ZIP"
+    name, path = plan.name, archive / plan.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if plan.zipped:
+        _order_files(archive / ORDER_FOLDER)
         members = {**{f"{name}/{member}": data for member, data in content.items()}, **(loose or {})}
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
             for member, data in members.items():
@@ -581,37 +632,57 @@ def _store(
                 zf.writestr(info, data)
         prefix = f"/vsizip/{path.resolve()}/{name}"
     else:
-        folder = archive / name
-        folder.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         for member, data in content.items():
-            (folder / member).write_bytes(data)
-        prefix = str(folder.resolve())
+            (path / member).write_bytes(data)
+        prefix = str(path.resolve())
     keys = {member: asset_key(member, name) for member in content}
     return {key: f"{prefix}/{member}" for member, key in keys.items() if key is not None}
+
+
+def _order_files(order: Path) -> None:
+    """What an order folder holds beside the products: ``readme.html``, ``iif/`` and ``tools/``."""
+    (order / "iif").mkdir(parents=True, exist_ok=True)
+    (order / "tools").mkdir(exist_ok=True)
+    (order / "readme.html").write_text("<html><body>Synthetic EnMAP order (catalog.synth).</body></html>\n")
+    (order / "iif" / "order.xml").write_text("<order><id>701234567</id></order>\n")
 
 
 # --- STAC -----------------------------------------------------------------------------------------
 
 
-def stac_item(meta: ProductMetadata, hrefs: Mapping[str, str], *, with_epsg: bool = True) -> dict[str, Any]:
-    """A STAC item (dict) for a product from its metadata and asset hrefs (asset key -> href)."""
+def stac_item(
+    meta: ProductMetadata, hrefs: Mapping[str, str], *, with_epsg: bool = True, transform: Affine | None = None
+) -> dict[str, Any]:
+    """A STAC item (dict) shaped like DLR's ``ENMAP_HSI_L2A`` items, but valid against the STAC schemas.
+
+    As in DLR's items: asset keys ``quality_cloud_shadow`` and ``defective_pixel_mask``, item-level
+    ``proj:epsg`` null with ``proj:epsg``/``proj:shape``/``proj:transform`` on each raster asset (left
+    out with ``with_epsg`` False), ``eo:bands`` on the image asset, ``enmap:*`` cover figures. Unlike
+    DLR's, numbers are JSON numbers (DLR writes ``"eo:cloud_cover": "0"``, which the eo schema refuses).
+    """
     ring = [meta.corners[i] for i in (0, 3, 2, 1, 0)]
     lons, lats = zip(*ring, strict=True)
     properties: dict[str, Any] = {
         "datetime": _iso(meta.acquired),
-        "platform": "EnMAP",
-        "instruments": ["HSI"],
+        "platform": "enmap",
+        "instruments": ["hsi"],
         "gsd": PIXEL_M,
         "eo:cloud_cover": meta.cloud_cover,
         "eo:snow_cover": meta.snow_cover,
+        "enmap:cloud_shadow": meta.cloud_shadow,
+        "enmap:haze_cover": meta.haze_cover,
+        "enmap:cirrus_cover": meta.cirrus_cover,
+        "enmap:water_cover": meta.water_cover,
         "enmap:overallQuality": meta.quality,
-        "processing:level": "L2A",
-        "processing:version": meta.version,
+        "enmap:datatakeID": f"{meta.datatake:010d}",
+        "enmap:tileID": f"{meta.tile:02d}",
+        "processing:level": meta.level,
+        "processing:version": meta.processor,
         "processing:datetime": _iso(meta.processed),
-        "eo:bands": _eo_bands(meta.wavelengths_nm, meta.fwhm_nm),
+        "proj:epsg": None,
     }
-    if with_epsg:
-        properties["proj:epsg"] = meta.epsg
+    raster = _raster_fields(meta, transform) if with_epsg else {}
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
@@ -621,26 +692,37 @@ def stac_item(meta: ProductMetadata, hrefs: Mapping[str, str], *, with_epsg: boo
         "geometry": {"type": "Polygon", "coordinates": [[list(point) for point in ring]]},
         "bbox": [min(lons), min(lats), max(lons), max(lats)],
         "properties": properties,
-        "links": [],
-        "assets": {key: _asset(key, href) for key, href in hrefs.items()},
+        "links": [{"rel": "collection", "href": "./collection.json", "type": "application/json"}],
+        "assets": {DLR_ASSET_KEYS.get(key, key): _asset(key, href, meta, raster) for key, href in hrefs.items()},
     }
+
+
+def _raster_fields(meta: ProductMetadata, transform: Affine | None) -> dict[str, Any]:
+    """Asset-level projection fields, as DLR puts them."""
+    if transform is None or meta.epsg is None or meta.width is None or meta.height is None:
+        return {}
+    return {"proj:epsg": meta.epsg, "proj:shape": [meta.height, meta.width], "proj:transform": list(transform)}
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _eo_bands(centres_nm: tuple[float, ...], fwhm_nm: tuple[float, ...]) -> list[dict[str, Any]]:
+def _eo_bands(bands: Bands) -> list[dict[str, Any]]:
     return [
-        {"name": f"band {i}", "center_wavelength": round(c / 1000, 5), "full_width_half_max": round(w / 1000, 5)}
-        for i, (c, w) in enumerate(zip(centres_nm, fwhm_nm, strict=True), 1)
+        {"name": f"band {i}", "center_wavelength": round(c / 1000, 6), "full_width_half_max": round(w / 1000, 6)}
+        for i, (c, w) in enumerate(zip(bands.centres_nm, bands.fwhm_nm, strict=True), 1)
     ]
 
 
-def _asset(key: str, href: str) -> dict[str, Any]:
+def _asset(key: str, href: str, meta: ProductMetadata, raster: Mapping[str, Any]) -> dict[str, Any]:
     if key == "metadata":
-        return {"href": href, "type": "application/xml", "title": "METADATA.XML", "roles": ["metadata"]}
-    return {"href": href, "type": _TIF, "title": ASSET_SUFFIXES[key], "roles": ["data"]}
+        return {"href": href, "type": "application/xml", "title": "Metadata", "roles": ["metadata"]}
+    media = _TIF + ("; profile=cloud-optimized" if "_COG." in href else "") if href.upper().endswith(".TIF") else None
+    asset: dict[str, Any] = {"href": href, **({"type": media} if media else {}), "title": ASSET_SUFFIXES[key]}
+    if key == "image":
+        return {**asset, **raster, "eo:bands": _eo_bands(meta.bands), "roles": ["data"]}
+    return {**asset, **raster, "roles": ["quality", "data-mask"] if key == "pixelmask" else ["quality"]}
 
 
 def stac_collection(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -659,12 +741,7 @@ def stac_collection(items: list[dict[str, Any]]) -> dict[str, Any]:
             "spatial": {"bbox": [[*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()]]},
             "temporal": {"interval": [[times[0], times[-1]]]},
         },
-        "summaries": {
-            "platform": ["EnMAP"],
-            "instruments": ["HSI"],
-            "gsd": [PIXEL_M],
-            "eo:bands": items[0]["properties"]["eo:bands"],
-        },
+        "summaries": {"platform": ["enmap"], "instruments": ["hsi"], "gsd": [PIXEL_M]},
         "links": [{"rel": "cite-as", "href": "https://doi.org/10.5880/enmap.2016.008"}],
     }
 
@@ -704,8 +781,8 @@ def write_example(outdir: Path, seed: int = 0, replicas: int = 1) -> Example:
 
 def _write_scene(plan: ScenePlan, archive: Path, landscape: Landscape, seed: int) -> dict[str, Any]:
     product = _render(plan, landscape, seed)
-    hrefs = _store(archive, plan.name, product.files, plan.zipped)
-    return stac_item(product.meta, hrefs, with_epsg=plan.stac_epsg)
+    hrefs = _store(archive, plan, product.files)
+    return stac_item(product.meta, hrefs, with_epsg=plan.stac_epsg, transform=plan.transform)
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -742,13 +819,12 @@ def write_bad_products(archive: Path, seed: int = 0) -> list[dict[str, Any]]:
         product = _render(plan, landscape, seed, n_bands=200 if datatake == 9004 else N_BANDS)
         hrefs = _store(
             archive,
-            plan.name,
+            plan,
             _spoil(datatake, plan.name, product.files),
-            plan.zipped,
             loose={"../evil.txt": b"outside the product folder\n"} if plan.zipped else None,
         )
         if datatake in (9001, 9004):
-            items.append(stac_item(product.meta, hrefs))
+            items.append(stac_item(product.meta, hrefs, transform=plan.transform))
     items.append(_item_without_image(archive, plans[9005].name))
     return items
 
@@ -767,7 +843,7 @@ def _item_without_image(archive: Path, name: str) -> dict[str, Any]:
     """E's item (hrefs into ``archive``), renamed to ``name``, without its image asset."""
     e = next(plan for plan in SCENARIO if plan.label == "E")
     meta = _metadata(e, _quality_layers(_patches(e)))
-    prefix = f"/vsizip/{(archive / f'{e.name}.ZIP').resolve()}/{e.name}"
+    prefix = f"/vsizip/{(archive / e.path).resolve()}/{e.name}"
     hrefs = {key: f"{prefix}/{product_filename(e.name, key)}" for key in ASSET_SUFFIXES if key != "image"}
-    item = stac_item(meta, hrefs, with_epsg=e.stac_epsg)
+    item = stac_item(meta, hrefs, with_epsg=e.stac_epsg, transform=e.transform)
     return {**item, "id": name}

@@ -83,12 +83,24 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
     CorpusReader(options.out)  # is it a corpus? (before the lock, which would create the directory)
     with writer_lock(options.out):
         base = CorpusReader(options.out)
+        _refuse_inverted_quality(base)
         _drop_published_work(base.paths, base.version)
         options = replace(options, rules=Rules.from_dict(base.rules))
         if not dry_run:
             return _update(options, base, base.paths.build, dry_run=False)
         with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
             return _update(options, base, Path(work), dry_run=True)
+
+
+def _refuse_inverted_quality(base: CorpusReader) -> None:
+    """A corpus selected with the old ``--min-quality`` kept the worse scenes: say so instead of extending it."""
+    old = base.metadata.get("query", {}).get("min_quality")
+    if old is not None:
+        raise BuildError(
+            f"{base.paths.root} was built with --min-quality {old:g}, which kept scenes with enmap:overallQuality "
+            f">= {old:g}: the worse ones (0 is nominal, 1 reduced, 2 low). That option is now --max-quality; "
+            "rebuild the corpus with --max-quality to select by quality the right way round"
+        )
 
 
 def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_run: bool) -> dict[str, Any]:

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from pipeline.build import BuildOptions
 
 log = logging.getLogger("spectral_corpus")
+MIN_QUALITY_GONE = (
+    "--min-quality was replaced by --max-quality: enmap:overallQuality is 0 nominal, 1 reduced, 2 low, so lower "
+    "is better and --min-quality {q:g} kept the worse scenes; use --max-quality (0 keeps nominal scenes only)"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +116,13 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="first acquisition date (YYYY-MM-DD or ISO time, UTC)")
     parser.add_argument("--end", help="last acquisition date, inclusive")
     parser.add_argument("--max-scene-cloud", type=float, metavar="PCT", help="maximum scene cloud cover, %%")
-    parser.add_argument("--min-quality", type=float, help="minimum enmap:overallQuality")
+    parser.add_argument(
+        "--max-quality",
+        type=float,
+        metavar="Q",
+        help="keep scenes whose enmap:overallQuality is at most Q (0 nominal, 1 reduced, 2 low)",
+    )
+    parser.add_argument("--min-quality", type=float, help=argparse.SUPPRESS)  # refused with an explanation
 
 
 def _add_rule_options(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +157,8 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _query(args: argparse.Namespace) -> SceneQuery:
+    if args.min_quality is not None:
+        raise ValueError(MIN_QUALITY_GONE.format(q=args.min_quality))
     return SceneQuery.from_options(
         collection=args.collection,
         bbox=args.bbox,
@@ -154,7 +166,7 @@ def _query(args: argparse.Namespace) -> SceneQuery:
         start=args.start,
         end=args.end,
         max_cloud=args.max_scene_cloud,
-        min_quality=args.min_quality,
+        max_quality=args.max_quality,
     )
 
 

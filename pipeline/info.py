@@ -17,6 +17,7 @@ REASON_GROUPS = (
     ("unsafe", "unsafe archive member"),
     ("resolves outside the archive", "unsafe archive member"),
     ("corrupt ZIP", "corrupt ZIP file"),
+    ("EnMAP L2A products have", "wrong band count"),
     ("METADATA.XML disagrees", "METADATA.XML disagrees with the image"),
     ("METADATA.XML", "missing or bad METADATA.XML"),
     ("image asset", "no spectral image"),

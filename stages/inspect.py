@@ -2,15 +2,14 @@
 
 Reads the quality layers and the first band of the spectral image (the nodata mask), never the cube.
 A product that cannot be used yields a rejected result whose reason names the file and the problem.
-When the product's METADATA.XML is a local file (or a member of a local ZIP), the image must agree
-with it on CRS, width, height and band count.
+Size, CRS and transform come from the image's own header; when the product's METADATA.XML is a local
+file (or a member of a local ZIP), the image must agree with what it states: ``product/ortho/projection``,
+the dimensions and the number of channels.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 import zipfile
 from dataclasses import dataclass, field
 
@@ -21,7 +20,9 @@ from rasterio.errors import RasterioError
 
 from catalog.bands import N_BANDS, NODATA
 from catalog.errors import ProductError
-from catalog.product import REQUIRED_QUALITY, ProductMetadata, metadata_from_xml
+from catalog.hrefs import is_local, local_size, open_local
+from catalog.metadata import ProductMetadata, projection_name, read_metadata
+from catalog.product import REQUIRED_QUALITY
 from catalog.scenes import OK, REJECTED, SceneRecord
 from stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
@@ -42,9 +43,6 @@ CANDIDATE_COLUMNS = [
     "n_cirrus",
     "n_water",
 ]
-
-
-_VSIZIP = re.compile(r"^/vsizip/(?P<archive>.+?\.zip)/(?P<member>.+)$", re.IGNORECASE)
 
 
 class ProductCheckError(ValueError):
@@ -121,37 +119,31 @@ def _check_image(image: rasterio.DatasetReader, href: str) -> None:
 
 
 def _check_metadata(metadata_href: str | None, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
-    """The image must agree with its METADATA.XML (when that is local) on CRS, size and band count."""
+    """The image must agree with its METADATA.XML (when that is local) on projection, size and band count."""
     meta = _local_metadata(metadata_href) if metadata_href else None
     if meta is None:
         return
     pairs = {
-        "EPSG": (meta.epsg, epsg),
+        "projection": (meta.projection, meta.projection if meta.epsg == epsg else projection_name(epsg)),
         "width": (meta.width, image.width),
         "height": (meta.height, image.height),
         "band count": (meta.n_bands, image.count),
     }
     differ = [
-        f"{what} {said} in METADATA.XML, {found} in the image" for what, (said, found) in pairs.items() if said != found
+        f"{what} {said} in METADATA.XML, {found} in the image"
+        for what, (said, found) in pairs.items()
+        if said is not None and said != found
     ]
     if differ:
         raise ProductCheckError(f"{href}: METADATA.XML disagrees with the image: {'; '.join(differ)}")
 
 
 def _local_metadata(href: str) -> ProductMetadata | None:
-    """The parsed METADATA.XML at a local path or ZIP member; None when it is remote."""
-    zipped = _VSIZIP.match(href)
-    if zipped:
-        with zipfile.ZipFile(zipped["archive"]) as zf:
-            if zipped["member"] not in zf.namelist():
-                raise ProductCheckError(f"{href}: METADATA.XML is not in {zipped['archive']}")
-            data = zf.read(zipped["member"])
-    elif "://" in href or href.startswith("/vsi"):
+    """The whole METADATA.XML (projection included) at a local path or ZIP member; None when remote."""
+    if not is_local(href):
         return None
-    else:
-        with open(href, "rb") as f:
-            data = f.read()
-    return metadata_from_xml(data, href)
+    with open_local(href) as stream:
+        return read_metadata(stream, href, projection=True).metadata
 
 
 def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:
@@ -171,7 +163,7 @@ def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:
 
 def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
     """Fail fast on a truncated GeoTIFF: every block must end inside the file."""
-    size = _file_size(href)
+    size = local_size(href)
     if size is None:
         return
     block_h, block_w = image.block_shapes[0]
@@ -186,17 +178,6 @@ def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
                     end = max(end, int(offset) + int(length))
     if end > size:
         raise ProductCheckError(f"{href}: file is truncated ({size} bytes, image data extends to {end})")
-
-
-def _file_size(href: str) -> int | None:
-    """Size of a local file or of a ZIP member (``/vsizip/archive.zip/member``); None when remote."""
-    zipped = _VSIZIP.match(href)
-    if zipped:
-        with zipfile.ZipFile(zipped["archive"]) as zf:
-            return zf.getinfo(zipped["member"]).file_size
-    if "://" in href:
-        return None
-    return os.path.getsize(href)
 
 
 def _read_layer(href: str, shape: tuple[int, int], transform: object) -> np.ndarray:

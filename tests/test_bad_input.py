@@ -17,7 +17,7 @@ import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import astuple, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 
-from catalog.product import ProductName, metadata_from_xml, metadata_to_xml, product_filename
+from catalog.metadata import Bands, metadata_xml, parse_metadata
+from catalog.product import ProductName, product_filename
 from catalog.query import SceneQuery
 from catalog.stac import (
     BACKOFF_ENV,
@@ -52,7 +53,8 @@ from pipeline.reader import CorpusError, CorpusReader
 from stages.rules import Rules
 from test_build import EXPECTED
 
-E_NAME = next(plan.name for plan in SCENARIO if plan.label == "E")
+E_PLAN = next(plan for plan in SCENARIO if plan.label == "E")
+E_NAME = E_PLAN.name
 #: Retry fast: 3 tries, no backoff, waits capped at 0.25 s, 5 s per request.
 FAST = RetryPolicy(attempts=3, backoff_s=0.0, max_wait_s=0.25, timeout_s=5.0)
 
@@ -84,17 +86,21 @@ def _copy_of_e(template: Path, parent: Path, datatake: int) -> Path:
     for path in template.iterdir():
         target = folder / path.name.replace(E_NAME, name)
         if path.name.endswith("-METADATA.XML"):
-            meta = metadata_from_xml(path.read_bytes(), str(path))
+            meta = parse_metadata(path.read_bytes(), str(path))
             new = replace(meta, name=name, datatake=datatake, acquired=ProductName.parse(name).acquired)
-            target.write_bytes(metadata_to_xml(new))
+            target.write_bytes(metadata_xml(new))
         else:
             os.link(path, target)
     return folder
 
 
+def _bands(template: Path) -> Bands:
+    return parse_metadata(_file(template, "metadata").read_bytes(), str(template)).bands
+
+
 def _edit_metadata(folder: Path, **changes: Any) -> None:
     path = _file(folder, "metadata")
-    path.write_bytes(metadata_to_xml(replace(metadata_from_xml(path.read_bytes(), str(path)), **changes)))
+    path.write_bytes(metadata_xml(replace(parse_metadata(path.read_bytes(), str(path)), **changes)))
 
 
 def _write_image(folder: Path, cube: np.ndarray, **profile: Any) -> None:
@@ -177,7 +183,7 @@ def _write_bad_products(example: Example, root: Path) -> Path:
         elif path.suffix == ".ZIP":
             archive.mkdir(parents=True, exist_ok=True)
             os.link(path, archive / path.name)
-    with zipfile.ZipFile(example.archive / f"{E_NAME}.ZIP") as zf:
+    with zipfile.ZipFile(example.archive / E_PLAN.path) as zf:
         zf.extractall(outside)
     template = outside / E_NAME
     cube, transform = _e_cube(template)
@@ -203,16 +209,16 @@ def _write_bad_products(example: Example, root: Path) -> Path:
     _fresh(_file(copy(9105), "quality_cloud"))
     metadata = _file(copy(9106), "metadata")
     metadata.write_bytes(metadata.read_bytes()[:4000])  # a download cut short
-    _edit_metadata(copy(9107), epsg=32632)
+    _edit_metadata(copy(9107), projection="UTM_Zone32_North")
     _edit_metadata(copy(9108), width=300, height=290)
-    _edit_metadata(copy(9109), n_bands=202)
+    _edit_metadata(copy(9109), n_bands=202, bands=Bands(*(v[:202] for v in astuple(_bands(template)))))
     _georeference(copy(9110), transform=Affine.translation(10, 0) @ transform)  # 10 m east
     _georeference(copy(9111), transform=transform @ Affine.rotation(2.0))
     _georeference(copy(9112), transform=Affine(0.0004, 0, 15.1, 0, -0.00027, 52.4), crs="EPSG:4326")
     _write_image(copy(9113), np.full_like(cube, -32768))
     _zip(copy(9114, staging), archive, {"../evil.txt": b"outside the product folder\n"}, {})
     _zip(copy(9115, staging), archive, {"/tmp/evil.txt": b"an absolute path\n"}, {})
-    _zip(copy(9116, staging), archive, {}, {f"{product(9116)}/{product(9116)}-QL_VNIR.TIF": "/etc/passwd"})
+    _zip(copy(9116, staging), archive, {}, {f"{product(9116)}/passwd.TXT": "/etc/passwd"})
     linked = _file(copy(9117), "pixelmask")
     _fresh(linked).symlink_to(template / product_filename(E_NAME, "pixelmask"))
     (archive / product(9118)).symlink_to(copy(9118, outside), target_is_directory=True)
@@ -260,7 +266,7 @@ def test_good_scenes_build_the_same_corpus_among_bad_products(summary: dict[str,
     assert (scenes["total"], scenes["used"], scenes["rejected"]) == (6 + 19, 5, 1 + 19)
     assert scenes["rejected_by_reason"] == {
         "CRS or grid off the EnMAP lattice": 3,
-        "METADATA.XML disagrees with the image": 3,
+        "METADATA.XML disagrees with the image": 2,
         "corrupt raster data": 1,
         "missing or bad METADATA.XML": 1,
         "missing or bad quality layers": 1,
@@ -269,7 +275,7 @@ def test_good_scenes_build_the_same_corpus_among_bad_products(summary: dict[str,
         "truncated file": 1,
         "unreadable": 1,
         "unsafe archive member": 5,
-        "wrong band count": 1,
+        "wrong band count": 2,
         "wrong data type": 1,
     }
 
@@ -290,8 +296,11 @@ def test_corrupt_cog(summary: dict[str, Any], bad_archive: Path) -> None:
 def test_corrupt_block_beyond_band_1(example: Example, bad_archive: Path, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     archive.mkdir()
-    os.link(example.archive / f"{E_NAME}.ZIP", archive / f"{E_NAME}.ZIP")
-    image = _file(_copy_of_e(bad_archive.parent / "outside" / E_NAME, archive, 9120), "image")
+    os.link(example.archive / E_PLAN.path, archive / E_PLAN.path.name)
+    folder = _copy_of_e(bad_archive.parent / "outside" / E_NAME, archive, 9120)
+    cube, _ = _e_cube(bad_archive.parent / "outside" / E_NAME)
+    _write_image(folder, cube, compress="deflate", tiled=True, blockxsize=128, blockysize=128)  # DLR's are raw
+    image = _file(folder, "image")
     data = bytearray(image.read_bytes())
     _garbage_in_block(image, band=100, at=0.0)(data)  # the deflate stream's header: decoding fails
     _fresh(image).write_bytes(bytes(data))
@@ -306,9 +315,11 @@ def test_wrong_dtype(summary: dict[str, Any]) -> None:
     assert product(9103) in reason
 
 
-def test_wrong_band_count(summary: dict[str, Any]) -> None:
+def test_wrong_band_count(summary: dict[str, Any], bad_archive: Path) -> None:
     reason = rejected(summary, 9104, "spectral image has 200 bands, expected 224", "wrong band count")
     assert product(9104) in reason
+    reason = rejected(summary, 9109, "product has 202 bands (202 characterised in METADATA.XML)", "wrong band count")
+    assert reason.startswith(f"{bad_archive / product(9109)}: ") and reason.endswith("L2A products have 224")
 
 
 def test_missing_quality_layer(summary: dict[str, Any]) -> None:
@@ -323,9 +334,8 @@ def test_malformed_metadata(summary: dict[str, Any], bad_archive: Path) -> None:
 @pytest.mark.parametrize(
     ("datatake", "difference"),
     [
-        (9107, "EPSG 32632 in METADATA.XML, 32633 in the image"),
+        (9107, "projection UTM_Zone32_North in METADATA.XML, UTM_Zone33_North in the image"),
         (9108, "width 300 in METADATA.XML, 296 in the image; height 290 in METADATA.XML, 296 in the image"),
-        (9109, "band count 202 in METADATA.XML, 224 in the image"),
     ],
 )
 def test_metadata_disagreeing_with_the_image(summary: dict[str, Any], datatake: int, difference: str) -> None:
@@ -362,7 +372,7 @@ def test_unsafe_zip_members(summary: dict[str, Any]) -> None:
     rejected(summary, 9114, "unsafe ZIP member '../evil.txt'", "unsafe archive member")
     rejected(summary, 9115, "unsafe ZIP member '/tmp/evil.txt'", "unsafe archive member")
     name = product(9116)
-    link = f"unsafe ZIP member '{name}/{name}-QL_VNIR.TIF': a symbolic link (to '/etc/passwd')"
+    link = f"unsafe ZIP member '{name}/passwd.TXT': a symbolic link (to '/etc/passwd')"
     rejected(summary, 9116, link, "unsafe archive member")
 
 

@@ -19,7 +19,9 @@ from affine import Affine
 from shapely.geometry import box
 
 from catalog.archive import index_archive
-from catalog.product import ProductMetadata, ProductName, metadata_to_xml, product_filename
+from catalog.bands import N_BANDS, band_table
+from catalog.metadata import Bands, ProductMetadata, metadata_xml
+from catalog.product import ProductName, product_filename
 from catalog.query import SceneQuery
 from catalog.scenes import OK, REJECTED, SceneRecord
 from catalog.sources import find_scenes
@@ -33,26 +35,27 @@ def product_name(datatake: int = 1867, version: str = "010302", day: int = 24, t
     return f"ENMAP01-____L2A-DT{datatake:010d}_202207{day:02d}T104526Z_{tile:03d}_V{version}_20230628T165614Z"
 
 
-def metadata(name: str, *, west: float = 13.0, cloud: float = 5.0) -> ProductMetadata:
-    """Metadata of a product covering lon west..west+0.5, lat 52.0..52.3."""
+def metadata(name: str, *, west: float = 13.0, cloud: float = 5.0, quality: int = 1) -> ProductMetadata:
+    """Metadata of a product covering lon west..west+0.5, lat 52.0..52.3, with the nominal 224 bands."""
     parts = ProductName.parse(name)
+    table = band_table()
     return ProductMetadata(
         name=name,
+        level="L2A",
         datatake=parts.datatake,
         tile=parts.tile,
-        version=parts.version,
+        processor=".".join(parts.version[i : i + 2] for i in (0, 2, 4)),
         acquired=parts.acquired,
         processed=parts.processed,
-        epsg=EPSG,
+        n_bands=N_BANDS,
+        corners=((west, 52.3), (west + 0.5, 52.3), (west + 0.5, 52.0), (west, 52.0)),
+        bands=Bands(tuple(table["center_nm"]), tuple(table["fwhm_nm"]), (1e-4,) * N_BANDS, (0.0,) * N_BANDS),
         width=4,
         height=4,
-        n_bands=2,
         cloud_cover=cloud,
         snow_cover=1.5,
-        quality=80.0,
-        corners=((west, 52.3), (west + 0.5, 52.3), (west + 0.5, 52.0), (west, 52.0)),
-        wavelengths_nm=(420.0, 2400.0),
-        fwhm_nm=(6.5, 8.0),
+        quality=quality,
+        projection="UTM_Zone33_North",
     )
 
 
@@ -78,7 +81,7 @@ def write_folder(folder: Path, name: str, meta: ProductMetadata | None = None, f
     for value, key in enumerate(files, start=1):
         write_tif(product / product_filename(name, key), value)
     if meta is not None:
-        (product / product_filename(name, "metadata")).write_bytes(metadata_to_xml(meta))
+        (product / product_filename(name, "metadata")).write_bytes(metadata_xml(meta))
     return product
 
 
@@ -110,16 +113,16 @@ def only(records: list[SceneRecord]) -> SceneRecord:
 
 def test_folder_product_gives_full_record(root: Path) -> None:
     name = product_name()
-    folder = write_folder(root, name, metadata(name, cloud=12.5))
+    folder = write_folder(root, name, metadata(name, cloud=12.0))
 
     record = only(index_archive(root))
 
     assert record.status == OK and record.reason == ""
     assert (record.product, record.source) == (name, str(folder))
-    assert (record.datatake, record.tile, record.version, record.epsg) == (1867, 8, "010302", EPSG)
+    assert (record.datatake, record.tile, record.version, record.epsg) == (1867, 8, "010302", None)  # from the image
     assert record.acquired == datetime(2022, 7, 24, 10, 45, 26, tzinfo=UTC)
     assert record.processed == datetime(2023, 6, 28, 16, 56, 14, tzinfo=UTC)
-    assert (record.cloud_cover, record.snow_cover, record.quality) == (12.5, 1.5, 80.0)
+    assert (record.cloud_cover, record.snow_cover, record.quality) == (12.0, 2.0, 1.0)  # whole percent, as DLR
     assert record.footprint is not None
     assert record.footprint.bounds == pytest.approx((13.0, 52.0, 13.5, 52.3))
     assets = record.asset_map
@@ -136,7 +139,7 @@ def test_zip_product_hrefs_open_through_vsizip(root: Path, nested: bool, suffix:
 
     record = only(index_archive(root))
 
-    assert (record.status, record.source, record.epsg) == (OK, str(path), EPSG)
+    assert (record.status, record.source, record.epsg) == (OK, str(path), None)
     member = f"{name}/{name}" if nested else name
     assert record.asset_map["image"] == f"/vsizip/{path}/{member}-SPECTRAL_IMAGE.TIF"
     assert [read_value(record.asset_map[key]) for key in FILES] == [1, 2, 3]
@@ -215,7 +218,7 @@ def _corrupt_zip(root: Path) -> None:
         (_folder_with_outside_link, "symlink 'link.txt' resolves outside the archive root"),
         (_linked_product_folder, f"symlink '{product_name()}' resolves outside the archive root"),
         (_bad_xml, "METADATA.XML is not well-formed XML"),
-        (_incomplete_xml, "METADATA.XML is missing or has a bad field ('metadata/name')"),
+        (_incomplete_xml, "METADATA.XML lacks level_X/metadata/name"),
         (_other_name, f"METADATA.XML names product '{product_name(version='010400')}', not '{product_name()}'"),
         (_no_image, "no SPECTRAL_IMAGE file"),
         (_corrupt_zip, "corrupt ZIP file"),
@@ -267,7 +270,7 @@ def three_scenes(root: Path) -> dict[str, str]:
     names = {}
     for i, label in enumerate(("a", "b", "c")):
         name = product_name(datatake=100 + i, day=23 + i)
-        write_folder(root, name, metadata(name, west=13.0 + i, cloud=10.0 * i))
+        write_folder(root, name, metadata(name, west=13.0 + i, cloud=10.0 * i, quality=i))
         names[label] = name
     names["broken"] = product_name(datatake=999, day=22)
     write_folder(root, names["broken"])  # rejected (no METADATA.XML): place and cloud unknown
@@ -285,8 +288,10 @@ def three_scenes(root: Path) -> dict[str, str]:
         ({"start": "2022-07-24T10:45:27", "end": "2022-07-25T00:00:00Z"}, ""),
         ({"max_cloud": 10}, "ab"),  # inclusive
         ({"max_cloud": 9.99, "bbox": (13.0, 52.0, 16.0, 53.0)}, "a"),
-        ({"min_quality": 80}, "abc"),
-        ({"min_quality": 81}, ""),
+        ({"max_quality": 0}, "a"),  # overallQuality 0 nominal, 1 reduced, 2 low: lower is better
+        ({"max_quality": 1}, "ab"),
+        ({"max_quality": 2}, "abc"),
+        ({"max_quality": 1, "max_cloud": 9}, "a"),
     ],
 )
 def test_query_filters_archive(
@@ -328,7 +333,7 @@ def test_query_normalises_times_and_records_itself() -> None:
         "start": "2023-01-01T00:00:00+00:00",
         "end": "2023-02-01T10:00:00+00:00",
         "max_cloud": 5.0,
-        "min_quality": None,
+        "max_quality": None,
     }
     record = SceneRecord(product="x", source="y")
     assert not query.matches(record)  # nothing known fails every set filter...

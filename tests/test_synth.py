@@ -17,14 +17,17 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 from rasterio.errors import RasterioIOError
+from stac_schemas import validate_stac_collection, validate_stac_item
 
 from catalog.bands import N_BANDS, NODATA, band_table
-from catalog.product import ASSET_SUFFIXES, ProductName, metadata_from_xml, product_filename
+from catalog.metadata import parse_metadata
+from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, product_filename
 from catalog.synth import (
     CELL_M,
     COLLECTION_ID,
     FATES,
     KEEP,
+    ORDER_FOLDER,
     QUALITY_KEYS,
     SCENARIO,
     SUPERSEDED,
@@ -67,7 +70,7 @@ def cell_of(plan: ScenePlan, rc: str) -> CellPlan:
 
 
 def read(items: dict[str, pystac.Item], plan: ScenePlan, key: str, bands: int | list[int] = 1) -> np.ndarray:
-    with rasterio.open(items[plan.name].assets[key].href) as src:
+    with rasterio.open(items[plan.name].assets[DLR_ASSET_KEYS.get(key, key)].href) as src:
         return src.read(bands)
 
 
@@ -85,18 +88,25 @@ def file_digests(root: Path) -> dict[str, str]:
 def test_products_are_named_and_laid_out_as_delivered(example: Example) -> None:
     assert example.products == tuple(plan.name for plan in SCENARIO)
     assert all(str(ProductName.parse(name)) == name for name in example.products)
-    expected = {p.name + ".ZIP" if p.zipped else p.name for p in SCENARIO} | {"README.txt"}
+    expected = {p.name for p in SCENARIO if not p.zipped} | {"README.txt", ORDER_FOLDER}
     assert {path.name for path in example.archive.iterdir()} == expected
+    order = example.archive / ORDER_FOLDER
+    assert sorted(p.name for p in order.iterdir()) == ["ENMAP.HSI.L2A", "iif", "readme.html", "tools"]
     a = plan_of("A")
-    assert sorted(path.name for path in (example.archive / a.name).iterdir()) == sorted(
-        product_filename(a.name, key) for key in ASSET_SUFFIXES
-    )
+    assert sorted(path.name for path in (example.archive / a.name).iterdir()) == delivered_files(a.name)
+
+
+def delivered_files(name: str, ext: str = "TIF") -> list[str]:
+    """What DLR delivers: every asset, the quicklooks and the processing history."""
+    extra = [f"{name}-QL_VNIR.{ext}", f"{name}-QL_SWIR.{ext}", f"{name}-HISTORY.XML"]
+    return sorted([*(product_filename(name, key, ext) for key in ASSET_SUFFIXES), *extra])
 
 
 def test_zip_members_are_stored_product_files(example: Example) -> None:
     for plan in (p for p in SCENARIO if p.zipped):
-        with zipfile.ZipFile(example.archive / f"{plan.name}.ZIP") as zf:
-            assert zf.namelist() == [f"{plan.name}/{product_filename(plan.name, key)}" for key in ASSET_SUFFIXES]
+        assert plan.path.parts == (ORDER_FOLDER, "ENMAP.HSI.L2A", plan.name, f"{plan.name}.ZIP")
+        with zipfile.ZipFile(example.archive / plan.path) as zf:
+            assert zf.namelist() == [f"{plan.name}/{file}" for file in delivered_files(plan.name)]
             assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}
     assert {p.label for p in SCENARIO if p.zipped} == {"C", "E"}
 
@@ -108,28 +118,35 @@ def test_spectral_image_format(example: Example, items: dict[str, pystac.Item]) 
         assert set(src.dtypes) == {"int16"} and src.nodata == NODATA
         assert src.crs.to_epsg() == 32632
         assert src.transform == Affine(30, 0, 15 + 3840 * 181 - 600, 0, -30, 15 + 3840 * 1502 + 600)
-        assert src.block_shapes[0] == (128, 128)
-        assert src.tags(ns="IMAGE_STRUCTURE") == {"COMPRESSION": "DEFLATE", "INTERLEAVE": "BAND", "PREDICTOR": "2"}
+        assert src.block_shapes[0][1] == 296 and src.block_shapes[0][0] < 296  # strips, as DLR writes them
+        assert src.compression is None and src.interleaving.name == "band"
         centre = band_table()["center_nm"][11]
         assert src.descriptions[11] == f"band 12 ({centre:.1f} nm)"
     with rasterio.open(items[a.name].assets["quality_cloud"].href) as src:
-        assert (src.count, src.dtypes[0], src.transform, src.block_shapes[0]) == (1, "uint8", a.transform, (128, 128))
-        assert src.compression.name == "deflate"
+        assert (src.count, src.dtypes[0], src.transform, src.compression) == (1, "uint8", a.transform, None)
+    b = plan_of("B")  # stored as DLR's cloud archive serves it
+    href = items[b.name].assets["image"].href
+    assert href.endswith("-SPECTRAL_IMAGE_COG.TIF")
+    with rasterio.open(href) as src:
+        assert src.compression.name == "deflate" and src.block_shapes[0] == (512, 512)
 
 
 def test_metadata_describes_the_product(example: Example, items: dict[str, pystac.Item]) -> None:
     c = plan_of("C")
-    with zipfile.ZipFile(example.archive / f"{c.name}.ZIP") as zf:
-        meta = metadata_from_xml(zf.read(f"{c.name}/{product_filename(c.name, 'metadata')}"), c.name)
+    with zipfile.ZipFile(example.archive / c.path) as zf:
+        meta = parse_metadata(zf.read(f"{c.name}/{product_filename(c.name, 'metadata')}"), c.name)
     assert (meta.name, meta.epsg, meta.width, meta.height, meta.n_bands) == (c.name, 32632, 296, 296, N_BANDS)
-    assert meta.wavelengths_nm == tuple(band_table()["center_nm"])
-    assert (meta.gain, meta.offset, meta.quality) == (1e-4, 0.0, 90.0)
+    assert (meta.datatake, meta.tile, meta.processor, meta.level) == (1002, 1, "01.04.02", "L2A")
+    nominal = band_table()["center_nm"].to_numpy()
+    shift = np.asarray(meta.bands.centres_nm) - nominal
+    assert 0 < abs(shift.mean()) < 0.4 and np.abs(shift - shift.mean()).max() < 0.1  # a fraction of a nm
+    assert set(meta.bands.gains) == {1e-4} and set(meta.bands.offsets) == {0.0} and meta.quality == 1
     valid = read(items, c, "pixelmask") == 0
     cloudy = np.count_nonzero(read(items, c, "quality_cloud")[valid])
-    assert meta.cloud_cover == pytest.approx(100 * cloudy / valid.sum(), abs=1e-3)
+    assert meta.cloud_cover == round(100 * cloudy / valid.sum())
     assert meta.cloud_cover > 10
-    lon, lat = Transformer.from_crs(32632, 4326, always_xy=True).transform(c.transform.c, c.transform.f)
-    assert meta.corners[0] == pytest.approx((lon, lat), abs=1e-6)
+    lon, lat = Transformer.from_crs(32632, 4326, always_xy=True).transform(c.transform.c + 300, c.transform.f)
+    assert meta.corners[0] == pytest.approx((lon, lat), abs=1e-6)  # the valid swath starts 10 px in
 
 
 # --- pixel flags ----------------------------------------------------------------------------------
@@ -245,20 +262,28 @@ def test_revisits_of_a_cell_look_alike(items: dict[str, pystac.Item]) -> None:
 def test_stac_items(example: Example, items: dict[str, pystac.Item]) -> None:
     assert list(items) == list(example.products)
     raw = {item["id"]: item for item in json.loads(example.stac_items.read_text())["features"]}
+    dlr_keys = {DLR_ASSET_KEYS.get(key, key) for key in ASSET_SUFFIXES}
     for plan in SCENARIO:
-        item = items[plan.name]
-        assert raw[plan.name]["properties"].get("proj:epsg") == (plan.epsg if plan.label != "E" else None)
-        assert item.collection_id == COLLECTION_ID
+        validate_stac_item(raw[plan.name])
+        item, image = items[plan.name], raw[plan.name]["assets"]["image"]
+        assert raw[plan.name]["properties"]["proj:epsg"] is None  # as in DLR's items: the CRS is on the assets
+        assert image.get("proj:epsg") == (plan.epsg if plan.label != "E" else None)
+        if plan.label != "E":
+            assert image["proj:shape"] == [296, 296] and image["proj:transform"] == list(plan.transform)
+        assert item.collection_id == COLLECTION_ID and item.get_single_link("collection") is not None
         assert item.datetime == plan.acquired
-        assert len(item.properties["eo:bands"]) == N_BANDS
-        assert item.properties["eo:bands"][0]["center_wavelength"] == pytest.approx(0.4182)
-        assert {"eo:cloud_cover", "eo:snow_cover", "enmap:overallQuality"} <= set(item.properties)
-        assert set(item.assets) == set(ASSET_SUFFIXES)
+        bands = image["eo:bands"]
+        assert len(bands) == N_BANDS and bands[0]["center_wavelength"] == pytest.approx(0.4182, abs=5e-4)
+        assert {"eo:cloud_cover", "eo:snow_cover", "enmap:overallQuality", "enmap:cloud_shadow"} <= set(item.properties)
+        assert item.properties["enmap:overallQuality"] == plan.quality
+        assert set(item.assets) == dlr_keys
         assert item.assets["metadata"].media_type == "application/xml"
         assert item.assets["metadata"].roles == ["metadata"]
-        assert item.assets["image"].media_type == "image/tiff; application=geotiff"
+        cog = plan.raster_format == "COG"
+        assert item.assets["image"].media_type == "image/tiff; application=geotiff" + "; profile=cloud-optimized" * cog
         assert item.assets["image"].roles == ["data"]
         href = item.assets["image"].href
+        assert href.endswith("_COG.TIF" if cog else "-SPECTRAL_IMAGE.TIF")
         assert href.startswith("/vsizip/" if plan.zipped else "/") and Path(href.removeprefix("/vsizip")).is_absolute()
         with rasterio.open(href) as src:
             assert src.count == N_BANDS
@@ -270,7 +295,7 @@ def test_stac_items(example: Example, items: dict[str, pystac.Item]) -> None:
 def test_stac_collection(example: Example, items: dict[str, pystac.Item]) -> None:
     collection = pystac.Collection.from_file(str(example.collection))
     assert collection.id == COLLECTION_ID
-    assert len(collection.summaries.get_list("eo:bands") or []) == N_BANDS
+    validate_stac_collection(json.loads(example.collection.read_text()))
     west, south, east, north = collection.extent.spatial.bboxes[0]
     for item in items.values():
         assert item.bbox is not None
@@ -389,21 +414,22 @@ def test_e_overlaps_a_only_with_its_western_cells(replicas: int) -> None:
 def test_bad_products(example: Example, tmp_path: Path) -> None:
     items = write_bad_products(tmp_path, seed=0)
     e = plan_of("E")
-    names = {int(path.name[18:28]): path for path in tmp_path.iterdir()}
+    names = {int(path.name[18:28]): path for path in tmp_path.iterdir() if path.name != ORDER_FOLDER}
+    names[9003] = next(tmp_path.glob(f"{ORDER_FOLDER}/*/*/*9003*.ZIP"))
     assert sorted(names) == [9001, 9002, 9003, 9004]
     truncated = names[9001] / product_filename(names[9001].name, "image")
-    with zipfile.ZipFile(example.archive / f"{e.name}.ZIP") as zf:
+    with zipfile.ZipFile(example.archive / e.path) as zf:
         full = zf.getinfo(f"{e.name}/{product_filename(e.name, 'image')}").file_size
     assert truncated.stat().st_size == pytest.approx(0.6 * full, rel=0.02)
     with rasterio.open(truncated) as src, pytest.raises(RasterioIOError):
         src.read()
     assert not (names[9002] / product_filename(names[9002].name, "metadata")).exists()
-    assert len(list(names[9002].iterdir())) == len(ASSET_SUFFIXES) - 1
+    assert len(list(names[9002].iterdir())) == len(delivered_files(names[9002].name)) - 1
     with zipfile.ZipFile(names[9003]) as zf:
-        assert "../evil.txt" in zf.namelist() and len(zf.namelist()) == len(ASSET_SUFFIXES) + 1
+        assert "../evil.txt" in zf.namelist() and len(zf.namelist()) == len(delivered_files(names[9003].stem)) + 1
     with rasterio.open(names[9004] / product_filename(names[9004].name, "image")) as src:
         assert (src.count, src.transform, src.crs.to_epsg()) == (200, e.transform, 32633)
-    meta = metadata_from_xml((names[9004] / product_filename(names[9004].name, "metadata")).read_bytes(), "9004")
+    meta = parse_metadata((names[9004] / product_filename(names[9004].name, "metadata")).read_bytes(), "9004")
     assert meta.n_bands == N_BANDS
     parsed = [pystac.Item.from_dict(item) for item in items]
     assert [ProductName.parse(item.id).datatake for item in parsed] == [9001, 9004, 9005]
