@@ -157,6 +157,7 @@ def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneReco
     assets = _our_assets(item.get("assets") or {}, product)
     image = assets.get("image", {})
     bands = image.get("eo:bands") or props.get("eo:bands") or []
+    scale = _to_nanometres(bands)
     return SceneRecord(
         product=product,
         source=source,
@@ -174,10 +175,15 @@ def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneReco
         cirrus_cover=_number(props.get("enmap:cirrus_cover")),
         water_cover=_number(props.get("enmap:water_cover")),
         quality=_number(props.get("enmap:overallQuality")),
-        wavelengths_nm=tuple(round(1000 * float(b["center_wavelength"]), 6) for b in bands),
-        fwhm_nm=tuple(round(1000 * float(b.get("full_width_half_max", "nan")), 6) for b in bands),
+        wavelengths_nm=tuple(round(scale * float(b["center_wavelength"]), 6) for b in bands),
+        fwhm_nm=tuple(round(scale * float(b.get("full_width_half_max", "nan")), 6) for b in bands),
         assets=tuple(sorted((key, str(asset["href"])) for key, asset in assets.items())),
     )
+
+
+def _to_nanometres(bands: list[Mapping[str, Any]]) -> float:
+    """The factor to nanometres: eo:bands are in micrometres, but DLR's items give nanometres (418.416)."""
+    return 1.0 if bands and float(bands[0]["center_wavelength"]) > 100 else 1000.0
 
 
 _FROM_DLR_KEYS = {dlr: ours for ours, dlr in DLR_ASSET_KEYS.items()}

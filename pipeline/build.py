@@ -52,6 +52,10 @@ class BuildError(RuntimeError):
     """The build cannot go on; the message says why and what to do."""
 
 
+class NothingBuiltError(BuildError):
+    """Every scene was rejected, or no patch passed the rules: the run would publish nothing new."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Everything a build or an extension depends on."""
@@ -92,6 +96,28 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
             return _update(options, base, Path(work), dry_run=True)
 
 
+def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str:
+    """Why no observation came of ``scenes``: rejections by reason, then dropped patches by rule."""
+    from pipeline.info import reason_group
+
+    rejected = scenes[scenes["status"] != OK]
+    lines = [f"no observations: {len(rejected)} of {len(scenes)} scenes were rejected"]
+    lines += [f"  {count} {group}" for group, count in rejected["reason"].map(reason_group).value_counts().items()]
+    if candidates is not None:
+        candidates = candidates[candidates["product"].isin(scenes["product"])]
+        lines.append(f"and all {len(candidates)} candidate patches of the others were dropped:")
+        lines += [f"  {count} by {reason}" for reason, count in candidates["drop_reason"].value_counts().items()]
+    lines += [f"    {product}: {reason}" for product, reason in rejected[["product", "reason"]].itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _give_up(work: Path, base: CorpusReader | None, message: str) -> None:
+    """Stop a run that would publish nothing new; a build leaves no work state behind."""
+    if base is None:
+        shutil.rmtree(work, ignore_errors=True)
+    raise NothingBuiltError(message)
+
+
 def _refuse_inverted_quality(base: CorpusReader) -> None:
     """A corpus selected with the old ``--min-quality`` kept the worse scenes: say so instead of extending it."""
     old = base.metadata.get("query", {}).get("min_quality")
@@ -109,6 +135,9 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_ru
     scenes = _scenes(work, options, base, version)
     known = set(base.table("scenes")["product"]) if base else set()
     new = [r for r in records_from_table(tables.ok_scenes(scenes)) if r.product not in known]
+    fresh = scenes[~scenes["product"].isin(known)]
+    if len(fresh) and not new and not dry_run:
+        _give_up(work, base, _nothing_built(fresh, None))
     _say(options.progress, f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
     with dask_client(options.workers, options.scheduler) as client:
         inspected = _inspect(client, work, new, options.progress)
@@ -117,6 +146,9 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_ru
             scenes = tables.reject(scenes, _read_failures(work))
             plan = _plan(base, scenes, inspected, options.rules)
             added = plan.observations[plan.observations["shard"] >= _first_shard(base)]
+            if len(fresh) and added.empty and not dry_run:
+                fresh = scenes[scenes["product"].isin(fresh["product"])]
+                _give_up(work, base, _nothing_built(fresh, plan.candidates))
             _say(options.progress, f"plan        {len(added)} new observations, {len(plan.observations)} in all")
             if dry_run:
                 return _preview(base, scenes, plan, added, version)

@@ -48,7 +48,7 @@ def product(i: int, version: str = "010302") -> str:
 
 
 def make_item(i: int, *, version: str = "010302", image: bool = True) -> dict[str, Any]:
-    """Item i: lon 10+2i..11+2i, lat 45..46, cloud 7i %, quality 100-5i; CRS as proj:epsg, proj:code or none."""
+    """Item i: lon 10+2i..11+2i, lat 45..46, cloud 7i %, quality i % 3; CRS as proj:epsg, proj:code or none."""
     name = product(i, version)
     west = 10.0 + 2 * i
     ring = [[west, 45.0], [west + 1, 45.0], [west + 1, 46.0], [west, 46.0], [west, 45.0]]
@@ -72,7 +72,7 @@ def make_item(i: int, *, version: str = "010302", image: bool = True) -> dict[st
             "datetime": f"2024-{i % 12 + 1:02d}-15T10:30:07.5Z",
             "eo:cloud_cover": 7.0 * i,
             "eo:snow_cover": 0.5,
-            "enmap:overallQuality": 100.0 - 5 * i,
+            "enmap:overallQuality": i % 3,
             **crs_fields[i % 3],
         },
         "assets": assets,
@@ -110,7 +110,7 @@ def test_record_from_item_reads_every_field() -> None:
     assert (record.datatake, record.tile, record.version, record.epsg) == (1000, 1, "010302", 32632)
     assert record.acquired is not None and record.acquired.isoformat() == "2024-01-15T10:30:07.500000+00:00"
     assert record.processed is not None and record.processed.isoformat() == "2024-11-20T00:00:00+00:00"
-    assert (record.cloud_cover, record.snow_cover, record.quality) == (0.0, 0.5, 100.0)
+    assert (record.cloud_cover, record.snow_cover, record.quality) == (0.0, 0.5, 0.0)
     assert record.footprint is not None and record.footprint.bounds == (10.0, 45.0, 11.0, 46.0)
     assert record.source == "https://stac.example/api"
     assert record.asset_map == {
@@ -268,25 +268,25 @@ def test_live_datetime_range_includes_whole_end_day(stac_url: str) -> None:
 
 
 def test_live_cloud_and_quality_filtered_by_the_server(stac_url: str, exchanges: list[Exchange]) -> None:
-    query = SceneQuery(max_cloud=21.0, min_quality=90.0)
+    query = SceneQuery(max_cloud=21.0, max_quality=1)
 
     records = search_stac_api(stac_url, query, page_size=3)
 
-    assert datatakes(records) == [0, 0, 1, 2]  # cloud 0, 7, 14 with quality 100, 95, 90; 0 twice (V2)
+    assert datatakes(records) == [0, 0, 1, 3]  # cloud 0, 7, 21 with quality 0, 1, 0 (2 has 2); 0 twice (V2)
     searches = [e for e in exchanges if e.method == "POST"]
     assert searches[0].parameters["filter-lang"] == "cql2-json"
     assert searches[0].parameters["filter"] == {
         "op": "and",
         "args": [
             {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 21.0]},
-            {"op": ">=", "args": [{"property": "enmap:overallQuality"}, 90.0]},
+            {"op": "<=", "args": [{"property": "enmap:overallQuality"}, 1.0]},
         ],
     }
     assert sum(e.n_features for e in searches) == 4  # the server filtered: nothing left for the client
 
 
 def test_live_client_side_fallback_gives_same_ids(stac_url: str, exchanges: list[Exchange]) -> None:
-    query = SceneQuery(max_cloud=21.0, min_quality=90.0)
+    query = SceneQuery(max_cloud=21.0, max_quality=1)
 
     on_server = {r.product for r in search_stac_api(stac_url, query, page_size=5)}
     exchanges.clear()
