@@ -760,17 +760,22 @@ class Example:
     products: tuple[str, ...]
 
 
-def write_example(outdir: Path, seed: int = 0, replicas: int = 1) -> Example:
+def write_example(
+    outdir: Path, seed: int = 0, replicas: int = 1, raster_formats: Mapping[str, str] | None = None
+) -> Example:
     """Write ``replicas`` copies of ``SCENARIO`` into ``outdir/archive`` and their STAC under ``outdir/stac``.
 
-    The same seed gives byte-identical files. Files of earlier runs that this one does not write stay.
+    ``raster_formats`` maps scene labels to a format of ``catalog.rasters.RASTER_FORMATS`` (default:
+    DLR's uncompressed GeoTIFF strips, scene B as a COG). The same seed gives byte-identical files.
+    Files of earlier runs that this one does not write stay.
     """
     root = Path(outdir)
     archive, stac = root / "archive", root / "stac"
     archive.mkdir(parents=True, exist_ok=True)
     stac.mkdir(parents=True, exist_ok=True)
     landscape = Landscape.from_seed(seed)
-    plans = scenario(replicas)
+    formats = raster_formats or {}
+    plans = tuple(replace(p, raster_format=formats.get(p.label, p.raster_format)) for p in scenario(replicas))
     items = [_write_scene(plan, archive, landscape, seed) for plan in plans]
     (archive / "README.txt").write_text(_README)
     example = Example(root, archive, stac / "items.json", stac / "collection.json", tuple(p.name for p in plans))

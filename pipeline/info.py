@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from catalog.bands import N_BANDS, band_table
 from catalog.scenes import OK
 from pipeline.reader import CorpusReader
 from stages.plan import DROP_REASONS
@@ -70,10 +74,20 @@ def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
         "multitemporal_locations": int((stack > 1).sum()),
         "longest_stack": int(stack.max()) if len(stack) else 0,
         "bands": int(reader.patches.shape[1]),
+        "band_centre_deviation_nm": band_centre_deviation(scenes[scenes["status"] == OK]),
         "shards": len(shards),
         "bytes_on_disk": nbytes,
         "compression_ratio": round(nbytes / raw, 4) if raw else None,
     }
+
+
+def band_centre_deviation(scenes: pd.DataFrame) -> dict[str, float | int] | None:
+    """How far the scenes' own band centres lie from the nominal table (the corpus coordinate), in nm."""
+    known = [np.asarray(c, float) for c in scenes.get("wavelengths_nm", []) if c is not None and len(c) == N_BANDS]
+    if not known:
+        return None
+    offsets = np.abs(np.stack(known) - band_table()["center_nm"].to_numpy()).max(axis=1)
+    return {"scenes": len(known), "median": round(float(np.median(offsets)), 3), "max": round(float(offsets.max()), 3)}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -91,8 +105,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"multi-temporal          {summary['multitemporal_locations']} locations, longest stack "
         f"{summary['longest_stack']}",
         f"bands                   {summary['bands']}",
+        _deviation_line(summary["band_centre_deviation_nm"]),
         f"shards                  {summary['shards']}",
         f"bytes on disk           {summary['bytes_on_disk']:,} (compression ratio {summary['compression_ratio']} "
         "of raw int16)",
     ]
     return "\n".join(lines)
+
+
+def _deviation_line(deviation: dict[str, float | int] | None) -> str:
+    if deviation is None:
+        return "band centres            not recorded per scene"
+    return (
+        f"band centres            {deviation['scenes']} scenes deviate from the nominal table by at most "
+        f"{deviation['max']} nm (median of their largest offsets {deviation['median']} nm)"
+    )

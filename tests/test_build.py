@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -223,3 +224,41 @@ def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus
     build(example.archive, out)
     assert verify_corpus(CorpusReader(out)) == []
     _assert_same_corpus(corpus, out)
+
+
+def test_max_quality_keeps_nominal_scenes_and_the_old_option_is_refused(
+    example: Example, tmp_path: Path, capsys
+) -> None:
+    # Scene C is the one of reduced quality (overallQuality 1); 0 is nominal, lower is better.
+    summary = _summary(build(example.archive, tmp_path / "nominal", query=SceneQuery(max_quality=0)))
+    assert summary["observations"] == 10 and summary["scenes"]["total"] == 5
+    assert _summary(build(example.archive, tmp_path / "all", query=SceneQuery(max_quality=1)))["observations"] == 12
+    assert main(["build", "--source", str(example.archive), "--out", str(tmp_path / "x"), "--min-quality", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--min-quality was replaced by --max-quality" in err and "lower is better" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_build_that_makes_nothing_fails_first_and_says_why(tmp_path: Path, capsys) -> None:
+    from catalog.synth import write_bad_products
+
+    archive = tmp_path / "archive"
+    write_bad_products(archive)  # 9001 truncated, 9002 no METADATA.XML, 9003 unsafe ZIP, 9004 200 bands
+    argv = ["build", "--source", str(archive), "--out", str(tmp_path / "corpus"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "spectral-corpus build: error: no observations: 4 of 4 scenes were rejected"
+    assert "  1 truncated file" in err and "  1 wrong band count" in err and "  1 unsafe archive member" in err
+    assert not (tmp_path / "corpus" / "CURRENT").exists() and not (tmp_path / "corpus" / "_build").exists()
+    # Rejected while indexing: stopped before any Dask task, with the same first line.
+    for product in [p for p in archive.iterdir() if "DT0000009001" in p.name or "DT0000009004" in p.name]:
+        shutil.rmtree(product)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[0].endswith("no observations: 2 of 2 scenes were rejected")
+
+
+def test_info_says_how_far_scene_band_centres_deviate(corpus: Path, capsys) -> None:
+    deviation = _summary(corpus)["band_centre_deviation_nm"]
+    assert deviation["scenes"] == 5 and 0 < deviation["median"] <= deviation["max"] < 0.5
+    assert main(["info", str(corpus)]) == 0
+    assert f"5 scenes deviate from the nominal table by at most {deviation['max']} nm" in capsys.readouterr().out
