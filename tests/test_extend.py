@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from catalog.product import is_product_name
 from catalog.query import SceneQuery
 from catalog.synth import Example
 from conftest import TEST_RULES, build, kill_after_first_shard
@@ -30,15 +31,15 @@ LATER = ("_V010500_", "-DT0000001004_")
 
 
 def _copy_archive(example: Example, dest: Path, keep: bool, later: tuple[str, ...] = LATER) -> Path:
-    """Hard-linked copy of the example archive with (keep=True) or without the ``later`` products."""
-    dest.mkdir(parents=True)
-    for entry in sorted(example.archive.iterdir()):
-        if entry.name.startswith("ENMAP") and any(t in entry.name for t in later) != keep:
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, dest / entry.name, copy_function=os.link)
-        else:
-            os.link(entry, dest / entry.name)
+    """Hard-linked copy of the example archive with (keep=True) or without the ``later`` products.
+
+    Products are folders or ZIPs at any depth (ZIPs lie in an order folder, each in an item folder).
+    """
+    shutil.copytree(example.archive, dest, copy_function=os.link)
+    products = [p for p in dest.rglob("*") if is_product_name(p.stem if p.suffix == ".ZIP" else p.name)]
+    for entry in sorted(products):
+        if entry.exists() and any(t in entry.name for t in later) != keep:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     return dest
 
 

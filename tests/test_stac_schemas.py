@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from jsonschema import ValidationError
+
 from stac_schemas import (
     SCHEMAS,
     StacError,
@@ -17,8 +18,6 @@ from stac_schemas import (
     validate_stac_collection,
     validate_stac_item,
 )
-
-from catalog.synth import write_example
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 DLR_ITEM = REAL / "ENMAP01-____L2A-DT0000080454_20240630T082045Z_001_V010402_20240701T122237Z.stac-item.json"
@@ -142,13 +141,3 @@ def test_a_minimal_collection_is_valid() -> None:
                 "links": [],
             }
         )
-
-
-@pytest.mark.xfail(reason="synth items are being reshaped", strict=False)
-def test_synth_items_and_collection_are_valid(tmp_path: Path) -> None:
-    example = write_example(tmp_path)
-    items = json.loads(example.stac_items.read_text())["features"]
-    assert items
-    found = [f"{item['id']}: {error}" for item in items for error in stac_errors(item)]
-    assert not found, "\n".join(found)
-    validate_stac_collection(json.loads(example.collection.read_text()))

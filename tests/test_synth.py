@@ -17,7 +17,6 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 from rasterio.errors import RasterioIOError
-from stac_schemas import validate_stac_collection, validate_stac_item
 
 from catalog.bands import N_BANDS, NODATA, band_table
 from catalog.metadata import parse_metadata
@@ -40,6 +39,7 @@ from catalog.synth import (
     write_bad_products,
     write_example,
 )
+from stac_schemas import validate_stac_collection, validate_stac_item
 
 LAYER_OF_KIND = {
     "nodata": "pixelmask",
