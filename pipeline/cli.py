@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.query import SceneQuery
+from catalog.rasters import RASTER_FORMATS
 from stages.rules import Rules
 from training.train_cli import add_train_parser
 
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--replicas", type=int, default=1, help="copies of the scenario, shifted north")
     synth.add_argument("--with-bad", action="store_true", help="also write broken products the build must reject")
+    synth.add_argument(
+        "--raster-format",
+        choices=RASTER_FORMATS,
+        help="write every scene's rasters in this DLR delivery format (default: GeoTIFF strips, one scene as a COG)",
+    )
     synth.set_defaults(run=_synth)
 
     build = commands.add_parser("build", help="build a corpus from a STAC API, a static STAC file or an archive")
@@ -305,9 +311,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from catalog.synth import write_bad_products, write_example
+    from catalog.synth import SCENARIO, write_bad_products, write_example
 
-    example = write_example(args.outdir, seed=args.seed, replicas=args.replicas)
+    formats = {plan.label: args.raster_format for plan in SCENARIO} if args.raster_format else None
+    example = write_example(args.outdir, seed=args.seed, replicas=args.replicas, raster_formats=formats)
     if args.with_bad:
         write_bad_products(example.archive, seed=args.seed)
     print(f"wrote {len(example.products)} products to {example.archive} and STAC items to {example.stac_items}")

@@ -123,7 +123,7 @@ def test_real_224_band_product_builds_with_source_pixels(real_corpus: Path) -> N
     assert len(observations) >= 30 and all(inside)
     kept = selected_bands(202) - 1
     for obs, x, y in zip(observations["obs"], observations["x"], observations["y"], strict=True):
-        col, row = ~transform * (x - PATCH_PX * PIXEL_M / 2, y + PATCH_PX * PIXEL_M / 2)
+        col, row = ~transform @ (x - PATCH_PX * PIXEL_M / 2, y + PATCH_PX * PIXEL_M / 2)
         rows, cols = np.mgrid[0:PATCH_PX, 0:PATCH_PX]
         expected = pixel_values(N_BANDS, rows + round(row), cols + round(col))[kept]
         assert np.array_equal(reader.read_patch(int(obs)), expected), obs
