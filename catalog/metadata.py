@@ -3,16 +3,19 @@
 Element paths are those of the real file of DLR's public L2A test product (a copy is in
 ``tests/data/real/``; its source is noted there). The file is about 4 MB, mostly orbit, attitude and
 per-band RPCs; everything read here except ``product/ortho/projection`` lies in its first 70 KB, so
-the reader parses incrementally and stops as soon as it has what it needs. Sizes, CRS and transform
-are taken from the raster itself; the XML's own figures are only checked against it.
+the reader parses incrementally and stops as soon as it has what it needs. The projection lies near
+the end (38 KB before it in the real file): it is looked up in the last ``TAIL_BYTES`` of the file,
+never by parsing the whole. Sizes, CRS and transform are taken from the raster itself; the XML's own
+figures are only checked against it.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, TypeVar
 
@@ -20,6 +23,9 @@ from catalog.errors import ProductError
 
 #: Bytes fed to the parser at a time.
 CHUNK_BYTES = 16 * 1024
+#: Bytes at the end of the file searched for ``product/ortho/projection``.
+TAIL_BYTES = 128 * 1024
+_PROJECTION_TAG = re.compile(rb"<ortho>\s*(?:<[^>]*>[^<]*</[^>]*>\s*)*?<projection>\s*([^<]*?)\s*</projection>")
 _ROOT = "level_X"
 _POLYGON = "base/spatialCoverage/boundingPolygon/point"
 _BAND = "specific/bandCharacterisation/bandID"
@@ -99,7 +105,7 @@ class ProductMetadata:
     haze_cover: float | None = None
     cirrus_cover: float | None = None
     water_cover: float | None = None
-    #: ``product/ortho/projection`` (``UTM_Zone32_North``); read only when asked for (it lies near the end).
+    #: ``product/ortho/projection`` (``UTM_Zone32_North``); None when the file's tail does not state it.
     projection: str | None = None
 
     @property
@@ -121,14 +127,14 @@ class MetadataRead:
     bytes_read: int
 
 
-def read_metadata(stream: IO[bytes], source: str, *, projection: bool = False) -> MetadataRead:
-    """Parse a METADATA.XML from ``stream``, reading only as far as needed.
+def read_metadata(stream: IO[bytes], source: str) -> MetadataRead:
+    """Parse a METADATA.XML from ``stream``, reading only its head and, when it can seek, its tail.
 
-    Without ``projection`` the reader stops once the header fields are in (about 70 KB of a 4 MB file);
-    with it, it reads on to ``product/ortho/projection``. Raises ProductError naming ``source`` and the
-    missing or bad field's path.
+    The parser stops once the header fields are in (about 70 KB of a 4 MB file); the projection is
+    then looked up in the last ``TAIL_BYTES``. Raises ProductError naming ``source`` and the missing
+    or bad field's path.
     """
-    collector = _Collector(projection)
+    collector = _Collector()
     parser = ET.XMLPullParser(events=("start", "end"))  # type: ignore[var-annotated]
     read = 0
     try:
@@ -143,21 +149,30 @@ def read_metadata(stream: IO[bytes], source: str, *, projection: bool = False) -
                 collector.handle(event, element)  # type: ignore[arg-type]
     except ET.ParseError as error:
         raise ProductError(f"{source}: METADATA.XML is not well-formed XML ({error})") from error
-    return MetadataRead(collector.metadata(source), read)
+    meta = collector.metadata(source)
+    if meta.projection is None and stream.seekable():
+        tail = _tail(stream)
+        read += len(tail)
+        found = _PROJECTION_TAG.search(tail)
+        meta = replace(meta, projection=found[1].decode() if found and found[1] else None)
+    return MetadataRead(meta, read)
 
 
-def parse_metadata(data: bytes, source: str, *, projection: bool = True) -> ProductMetadata:
+def _tail(stream: IO[bytes]) -> bytes:
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(max(0, end - TAIL_BYTES))
+    return stream.read()
+
+
+def parse_metadata(data: bytes, source: str) -> ProductMetadata:
     """Parse METADATA.XML bytes (see ``read_metadata``)."""
-    import io
-
-    return read_metadata(io.BytesIO(data), source, projection=projection).metadata
+    return read_metadata(io.BytesIO(data), source).metadata
 
 
 class _Collector:
     """Keeps the wanted elements' text as the parser goes, and says when it has enough."""
 
-    def __init__(self, projection: bool) -> None:
-        self._projection = projection
+    def __init__(self) -> None:
         self._path: list[str] = []
         self.values: dict[str, str] = {}
         self.points: dict[str, tuple[str, str]] = {}
@@ -167,8 +182,6 @@ class _Collector:
 
     @property
     def done(self) -> bool:
-        if self._projection:
-            return "product/ortho" in self._closed
         header = all(path in self.values for path in _REQUIRED.values()) and "specific" in self._closed
         return header and "product/image" in self._closed
 
@@ -256,7 +269,7 @@ class _Collector:
 
 
 _WANTED = {*_REQUIRED.values(), *_OPTIONAL.values(), _PROJECTION}
-_SECTIONS = {"specific", "product/image", "product/ortho"}
+_SECTIONS = {"specific", "product/image"}
 #: Children of these elements are read when their parent ends, so they are not cleared before.
 _KEPT_WHOLE = (f"{_POLYGON}/", f"{_BAND}/")
 

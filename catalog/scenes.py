@@ -19,6 +19,8 @@ from catalog.product import ProductName
 
 OK = "ok"
 REJECTED = "rejected"
+METADATA_XML = "METADATA.XML"
+STAC_ITEM = "STAC item"
 #: Cover figures of a scene, in percent (METADATA.XML ``specific/qualityFlag``; STAC properties).
 COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
 
@@ -32,6 +34,8 @@ class SceneRecord:
     (local paths, ``/vsizip/`` paths or http(s) URLs). ``footprint`` is in lon/lat (EPSG:4326): the
     valid swath. Covers are percent of the scene; ``quality`` is ``overallQuality`` (0 nominal,
     1 reduced, 2 low). ``wavelengths_nm`` and ``fwhm_nm`` are this scene's own band characterisation.
+    ``epsg``, ``width`` and ``height`` are what the catalog says of the image (``described_by``: the
+    product's METADATA.XML or a STAC item); ``inspect`` checks them against the image itself.
     """
 
     product: str
@@ -42,6 +46,9 @@ class SceneRecord:
     acquired: datetime | None = None
     processed: datetime | None = None
     epsg: int | None = None
+    width: int | None = None
+    height: int | None = None
+    described_by: str = ""
     footprint: BaseGeometry | None = None
     cloud_cover: float | None = None
     cloud_shadow: float | None = None
@@ -70,6 +77,10 @@ class SceneRecord:
             version=meta.version,
             acquired=meta.acquired,
             processed=meta.processed,
+            epsg=meta.epsg,
+            width=meta.width,
+            height=meta.height,
+            described_by=METADATA_XML,
             footprint=Polygon(meta.corners),
             **{cover: getattr(meta, cover) for cover in COVERS},
             quality=None if meta.quality is None else float(meta.quality),
@@ -162,6 +173,9 @@ _COLUMNS = [
     "acquired",
     "processed",
     "epsg",
+    "width",
+    "height",
+    "described_by",
     *COVERS,
     "quality",
     "wavelengths_nm",
@@ -191,7 +205,7 @@ def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None 
         },
         columns=_COLUMNS,
     )
-    for column in ("datatake", "tile", "epsg"):
+    for column in ("datatake", "tile", "epsg", "width", "height"):
         frame[column] = frame[column].astype("Int64")
     for column in ("acquired", "processed"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -215,6 +229,9 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
                 acquired=_optional_time(values["acquired"]),
                 processed=_optional_time(values["processed"]),
                 epsg=_optional_int(values["epsg"]),
+                width=_optional_int(values.get("width")),
+                height=_optional_int(values.get("height")),
+                described_by=values.get("described_by") or "",
                 footprint=values.get("geometry"),
                 cloud_cover=_optional_float(values.get("cloud_cover")),
                 cloud_shadow=_optional_float(values.get("cloud_shadow")),

@@ -50,7 +50,7 @@ from catalog.hrefs import is_local, open_local
 from catalog.metadata import read_metadata
 from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
 from catalog.query import SceneQuery
-from catalog.scenes import OK, REJECTED, SceneRecord
+from catalog.scenes import OK, REJECTED, STAC_ITEM, SceneRecord
 
 TOKEN_ENV = "SPECTRAL_CORPUS_STAC_TOKEN"
 USER_ENV = "SPECTRAL_CORPUS_STAC_USER"
@@ -120,7 +120,7 @@ def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
     DLR's items are read as they come: numbers as strings, ``proj:epsg`` null on the item and set on
     each asset, ``eo:bands`` on the image asset, asset keys such as ``quality_cloud_shadow``. When the
     item's METADATA.XML asset is a local file (or ZIP member), the record is made from it exactly as
-    for a product in a local archive, keeping the item's assets and CRS.
+    for a product in a local archive, keeping the item's assets.
     """
     product = str(item.get("id", ""))
     if not is_product_name(product):
@@ -141,14 +141,13 @@ def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
 
 
 def _record_from_metadata(record: SceneRecord, href: str) -> SceneRecord:
-    """The record made from the item's local METADATA.XML (as in an archive), with the item's CRS."""
+    """The record made from the item's local METADATA.XML, exactly as for a product in an archive."""
     try:
         with open_local(href) as stream:
             meta = read_metadata(stream, href).metadata
     except (ProductError, OSError, zipfile.BadZipFile) as error:
         return SceneRecord.rejected(record.product, record.source, f"{error}")
-    from_xml = SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
-    return replace(from_xml, epsg=record.epsg) if from_xml.status == OK else from_xml
+    return SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
 
 
 def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneRecord:
@@ -167,6 +166,9 @@ def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneReco
         acquired=_parse_time(props["datetime"]) if props.get("datetime") else name.acquired,
         processed=name.processed,
         epsg=_epsg(props) or _epsg(image),
+        height=_shape(image)[0],
+        width=_shape(image)[1],
+        described_by=STAC_ITEM,
         footprint=shape(item["geometry"]) if item.get("geometry") else None,
         cloud_cover=_number(props.get("eo:cloud_cover")),
         cloud_shadow=_number(props.get("enmap:cloud_shadow")),
@@ -211,6 +213,12 @@ def _epsg(fields: Mapping[str, Any]) -> int | None:
     if isinstance(code, str) and code.upper().startswith("EPSG:"):
         return int(code[5:])
     return None
+
+
+def _shape(asset: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(rows, columns) from an asset's ``proj:shape``."""
+    shape = asset.get("proj:shape")
+    return (int(shape[0]), int(shape[1])) if shape else (None, None)
 
 
 def _number(value: Any) -> float | None:

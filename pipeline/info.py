@@ -22,7 +22,7 @@ REASON_GROUPS = (
     ("resolves outside the archive", "unsafe archive member"),
     ("corrupt ZIP", "corrupt ZIP file"),
     ("EnMAP L2A products have", "wrong band count"),
-    ("METADATA.XML disagrees", "METADATA.XML disagrees with the image"),
+    ("disagrees with the image", "METADATA.XML or STAC item disagrees with the image"),
     ("METADATA.XML", "missing or bad METADATA.XML"),
     ("image asset", "no spectral image"),
     ("no SPECTRAL_IMAGE", "no spectral image"),

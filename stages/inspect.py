@@ -2,9 +2,9 @@
 
 Reads the quality layers and the first band of the spectral image (the nodata mask), never the cube.
 A product that cannot be used yields a rejected result whose reason names the file and the problem.
-Size, CRS and transform come from the image's own header; when the product's METADATA.XML is a local
-file (or a member of a local ZIP), the image must agree with what it states: ``product/ortho/projection``,
-the dimensions and the number of channels.
+Size, CRS and transform come from the image's own header; the image must agree with what the scene
+record says of it (from METADATA.XML's ``product/ortho/projection`` and dimensions, or a STAC item's
+``proj:epsg`` and ``proj:shape``), and have the 224 bands the record was accepted for.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from rasterio.errors import RasterioError
 
 from catalog.bands import N_BANDS, NODATA
 from catalog.errors import ProductError
-from catalog.hrefs import is_local, local_size, open_local
-from catalog.metadata import ProductMetadata, projection_name, read_metadata
+from catalog.hrefs import local_size
+from catalog.metadata import projection_name
 from catalog.product import REQUIRED_QUALITY
-from catalog.scenes import OK, REJECTED, SceneRecord
+from catalog.scenes import METADATA_XML, OK, REJECTED, SceneRecord
 from stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
 #: Columns of the candidate table (one row per grid cell wholly inside a scene).
@@ -88,9 +88,7 @@ def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
     with rasterio.open(href) as image:
         _check_image(image, href)
         epsg = check_lattice(image.transform, image.crs, href)
-        _check_metadata(assets.get("metadata"), image, epsg, href)
-        if record.epsg is not None and record.epsg != epsg:
-            raise ProductCheckError(f"{href}: image CRS EPSG:{epsg} disagrees with catalog EPSG:{record.epsg}")
+        _check_catalog(record, image, epsg, href)
         nodata = _read_band(image, href) == NODATA
         shape, transform = image.shape, image.transform
     layers = {key: _read_layer(assets[key], shape, transform) for key in REQUIRED_QUALITY}
@@ -118,32 +116,22 @@ def _check_image(image: rasterio.DatasetReader, href: str) -> None:
     _check_blocks_present(image, href)
 
 
-def _check_metadata(metadata_href: str | None, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
-    """The image must agree with its METADATA.XML (when that is local) on projection, size and band count."""
-    meta = _local_metadata(metadata_href) if metadata_href else None
-    if meta is None:
-        return
+def _check_catalog(record: SceneRecord, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
+    """The image must agree with what its METADATA.XML (or STAC item) says of it: CRS and size."""
+    source = record.described_by or "the catalog"
+    crs = projection_name if record.described_by == METADATA_XML else (lambda code: f"EPSG:{code}")
     pairs = {
-        "projection": (meta.projection, meta.projection if meta.epsg == epsg else projection_name(epsg)),
-        "width": (meta.width, image.width),
-        "height": (meta.height, image.height),
-        "band count": (meta.n_bands, image.count),
+        "projection": (crs(record.epsg) if record.epsg else None, crs(epsg)),
+        "width": (record.width, image.width),
+        "height": (record.height, image.height),
     }
     differ = [
-        f"{what} {said} in METADATA.XML, {found} in the image"
+        f"{what} {said} in {source}, {found} in the image"
         for what, (said, found) in pairs.items()
         if said is not None and said != found
     ]
     if differ:
-        raise ProductCheckError(f"{href}: METADATA.XML disagrees with the image: {'; '.join(differ)}")
-
-
-def _local_metadata(href: str) -> ProductMetadata | None:
-    """The whole METADATA.XML (projection included) at a local path or ZIP member; None when remote."""
-    if not is_local(href):
-        return None
-    with open_local(href) as stream:
-        return read_metadata(stream, href, projection=True).metadata
+        raise ProductCheckError(f"{href}: {source} disagrees with the image: {'; '.join(differ)}")
 
 
 def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:

@@ -41,6 +41,7 @@ from catalog.stac import (
     TOKEN_ENV,
     USER_ENV,
     RetryPolicy,
+    record_from_item,
     search_stac_api,
 )
 from catalog.synth import SCENARIO, Example
@@ -50,6 +51,7 @@ from pipeline.build import BuildError, BuildOptions, build_corpus
 from pipeline.cli import main
 from pipeline.info import corpus_summary, reason_group
 from pipeline.reader import CorpusError, CorpusReader
+from stages.inspect import inspect_scene
 from stages.rules import Rules
 from test_build import EXPECTED
 
@@ -266,7 +268,7 @@ def test_good_scenes_build_the_same_corpus_among_bad_products(summary: dict[str,
     assert (scenes["total"], scenes["used"], scenes["rejected"]) == (6 + 19, 5, 1 + 19)
     assert scenes["rejected_by_reason"] == {
         "CRS or grid off the EnMAP lattice": 3,
-        "METADATA.XML disagrees with the image": 2,
+        "METADATA.XML or STAC item disagrees with the image": 2,
         "corrupt raster data": 1,
         "missing or bad METADATA.XML": 1,
         "missing or bad quality layers": 1,
@@ -339,9 +341,8 @@ def test_malformed_metadata(summary: dict[str, Any], bad_archive: Path) -> None:
     ],
 )
 def test_metadata_disagreeing_with_the_image(summary: dict[str, Any], datatake: int, difference: str) -> None:
-    reason = rejected(
-        summary, datatake, "METADATA.XML disagrees with the image: ", "METADATA.XML disagrees with the image"
-    )
+    group = "METADATA.XML or STAC item disagrees with the image"
+    reason = rejected(summary, datatake, "METADATA.XML disagrees with the image: ", group)
     assert reason.endswith(f"-SPECTRAL_IMAGE.TIF: METADATA.XML disagrees with the image: {difference}")
     assert product(datatake) in reason
 
@@ -556,3 +557,17 @@ def test_a_corpus_of_a_newer_format_version(
         assert main(argv) == 2, argv
         assert capsys.readouterr().err == f"spectral-corpus {argv[0]}: error: {expected}\n"
     assert json.loads((bad_corpus / "corpus.json").read_text()) == metadata  # the original is intact
+
+
+def test_stac_item_disagreeing_with_the_image(example: Example) -> None:
+    item = next(i for i in json.loads(example.stac_items.read_text())["features"] if i["id"] == E_NAME)
+    del item["assets"]["metadata"]  # the record is then made from the item's own fields
+    record = record_from_item(item, "items.json")
+    assert record.described_by == "STAC item" and record.epsg is None  # E's item states no CRS
+    result = inspect_scene(replace(record, epsg=32632, width=300))
+    assert result.status == "rejected"
+    assert result.reason.endswith(
+        "-SPECTRAL_IMAGE.TIF: STAC item disagrees with the image: projection EPSG:32632 in STAC item, "
+        "EPSG:32633 in the image; width 300 in STAC item, 296 in the image"
+    )
+    assert reason_group(result.reason) == "METADATA.XML or STAC item disagrees with the image"

@@ -119,7 +119,8 @@ def test_folder_product_gives_full_record(root: Path) -> None:
 
     assert record.status == OK and record.reason == ""
     assert (record.product, record.source) == (name, str(folder))
-    assert (record.datatake, record.tile, record.version, record.epsg) == (1867, 8, "010302", None)  # from the image
+    assert (record.datatake, record.tile, record.version, record.epsg) == (1867, 8, "010302", EPSG)
+    assert (record.width, record.height, record.described_by) == (4, 4, "METADATA.XML")
     assert record.acquired == datetime(2022, 7, 24, 10, 45, 26, tzinfo=UTC)
     assert record.processed == datetime(2023, 6, 28, 16, 56, 14, tzinfo=UTC)
     assert (record.cloud_cover, record.snow_cover, record.quality) == (12.0, 2.0, 1.0)  # whole percent, as DLR
@@ -139,7 +140,7 @@ def test_zip_product_hrefs_open_through_vsizip(root: Path, nested: bool, suffix:
 
     record = only(index_archive(root))
 
-    assert (record.status, record.source, record.epsg) == (OK, str(path), None)
+    assert (record.status, record.source, record.epsg) == (OK, str(path), EPSG)
     member = f"{name}/{name}" if nested else name
     assert record.asset_map["image"] == f"/vsizip/{path}/{member}-SPECTRAL_IMAGE.TIF"
     assert [read_value(record.asset_map[key]) for key in FILES] == [1, 2, 3]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from catalog.errors import ProductError
-from catalog.metadata import CHUNK_BYTES, metadata_xml, parse_metadata, projection_epsg, read_metadata
+from catalog.metadata import CHUNK_BYTES, TAIL_BYTES, metadata_xml, parse_metadata, projection_epsg, read_metadata
 from catalog.synth import SCENARIO, Landscape, _render
 
 REAL = Path(__file__).parent / "data" / "real"
@@ -39,15 +39,21 @@ def test_real_metadata_parses_to_its_values() -> None:
     assert meta.product_format == "GeoTIFF+Metadata"
     assert meta.corners[0] == (10.7960234, 47.7875252)  # upper-left of the valid swath
     assert meta.corners[2] == (11.0813528, 47.4554646)  # lower-right
-    # The header lies in the first 70 KB of the 4.2 MB: the reader stops there.
-    assert len(data) > 4_000_000 and read.bytes_read <= 70_000 + CHUNK_BYTES
-    assert meta.projection is None and meta.epsg is None
+    # The header lies in the first 70 KB of the 4.2 MB, the projection in the last 38 KB: nothing else is read.
+    assert (meta.projection, meta.epsg) == ("UTM_Zone32_North", 32632)
+    assert len(data) > 4_000_000 and read.bytes_read <= 70_000 + CHUNK_BYTES + TAIL_BYTES
 
 
-def test_projection_is_read_when_asked_for() -> None:
-    read = read_metadata(io.BytesIO(real_xml()), "real", projection=True)
-    assert (read.metadata.projection, read.metadata.epsg) == ("UTM_Zone32_North", 32632)
-    assert read.bytes_read > 4_000_000
+class _Unseekable(io.BytesIO):
+    def seekable(self) -> bool:
+        return False
+
+
+def test_projection_comes_from_the_tail_when_the_stream_can_seek() -> None:
+    read = read_metadata(_Unseekable(real_xml()), "real")
+    assert read.metadata.projection is None and read.bytes_read <= 70_000 + CHUNK_BYTES
+    moved = real_xml().replace(b"<projection>UTM_Zone32_North</projection>", b"")
+    assert parse_metadata(moved, "real").projection is None  # not stated: the CRS comes from the raster alone
     assert (projection_epsg("UTM_Zone36_South"), projection_epsg("Geographic")) == (32736, None)
 
 
