@@ -59,6 +59,8 @@ _OPTIONAL = {
     "water_cover": f"{_FLAGS}/waterCover",
 }
 _T = TypeVar("_T")
+#: Cover figures of a scene in whole percent (``specific/qualityFlag``), as ``ProductMetadata`` fields.
+COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
 _CORNERS = ("upper_left", "upper_right", "lower_right", "lower_left")
 _UTM = re.compile(r"^UTM_Zone(?P<zone>\d{1,2})_(?P<hemisphere>North|South)$", re.IGNORECASE)
 
@@ -182,8 +184,7 @@ class _Collector:
 
     @property
     def done(self) -> bool:
-        header = all(path in self.values for path in _REQUIRED.values()) and "specific" in self._closed
-        return header and "product/image" in self._closed
+        return self._closed >= _SECTIONS and all(path in self.values for path in _REQUIRED.values())
 
     def handle(self, event: str, element: ET.Element) -> None:
         if event == "start":
@@ -234,10 +235,7 @@ class _Collector:
             height=_optional(int, optional["rows"] or optional["ortho_height"], _OPTIONAL["rows"]),
             product_format=optional["product_format"],
             quality=_optional(int, optional["quality"], _OPTIONAL["quality"]),
-            **{
-                name: _optional(float, optional[name], _OPTIONAL[name])
-                for name in ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
-            },
+            **{cover: _optional(float, optional[cover], _OPTIONAL[cover]) for cover in COVERS},
             projection=self.values.get(_PROJECTION) or None,
         )
 

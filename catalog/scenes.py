@@ -14,15 +14,13 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from catalog.bands import N_BANDS, REFLECTANCE_SCALE
-from catalog.metadata import ProductMetadata
+from catalog.metadata import COVERS, ProductMetadata
 from catalog.product import ProductName
 
 OK = "ok"
 REJECTED = "rejected"
 METADATA_XML = "METADATA.XML"
 STAC_ITEM = "STAC item"
-#: Cover figures of a scene, in percent (METADATA.XML ``specific/qualityFlag``; STAC properties).
-COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
 
 
 @dataclass(frozen=True)
