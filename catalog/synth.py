@@ -505,8 +505,8 @@ def _apply_event(reflectance: np.ndarray, patch: _Patch) -> None:
     reflectance[:, patch.index] = new
 
 
-def _metadata(plan: ScenePlan, layers: Mapping[str, np.ndarray], n_bands: int = N_BANDS) -> ProductMetadata:
-    """What the product's METADATA.XML says (``n_bands``: what its image holds; the XML always says 224)."""
+def _metadata(plan: ScenePlan, layers: Mapping[str, np.ndarray]) -> ProductMetadata:
+    """What the product's METADATA.XML says (always the 224 operational bands, whatever the image holds)."""
     valid = layers["pixelmask"] == 0
     covers = {
         name: _cover(layers[key] == value if value is not None else layers[key] != 0, valid)
