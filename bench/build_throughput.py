@@ -5,15 +5,17 @@ Run from the repository root::
     python bench/build_throughput.py [--replicas 1 4] [--workers 2] [--out bench/results/build.jsonl]
 
 For each ``--replicas`` value, on the same example products (``catalog.synth.write_example``, generated
-outside the timed parts and cached in a temporary directory keyed by replicas, seed and generator
-source):
+outside the timed parts and cached in a temporary directory keyed by replicas, seed, ``--raster-format``
+and generator source; by default in the example's formats, ``--raster-format GTiff`` writes every scene
+as DLR's uncompressed strips):
 
 1. the *limit*: each spectral image the corpus uses is read whole (the 202 kept bands, with
    ``rasterio``'s ``image.read(indexes=...)`` as the build does) and encoded with the corpus codec
    (``PATCH_COMPRESSOR``'s settings) as 128 x 128 patch chunks, in one process and one thread (best of
    ``--repeats``); GeoTIFF decode, codec encode, codec decode and memcpy of the same bytes are reported
-   separately. The same is then measured with ``--workers`` processes at once (the *parallel limit*:
-   what one core gives while every core works, as during a build);
+   separately, and decode and limit per raster layout (stripped TIF, stripped TIF in a ZIP, deflate COG).
+   The same is then measured with ``--workers`` processes at once (the *parallel limit*: what one core
+   gives while every core works, as during a build);
 2. the *build*: ``build_corpus`` on a local cluster of ``--workers`` single-threaded Dask workers,
    wall time from catalog to commit (cluster start included), per stage, and the materialize tasks'
    own ``read_seconds + write_seconds`` from ``shards.parquet``;
@@ -66,6 +68,7 @@ import catalog.synth
 import pipeline.build as build_module
 from catalog.bands import selected_bands
 from catalog.query import SceneQuery
+from catalog.rasters import RASTER_FORMATS
 from catalog.scenes import OK
 from pipeline.build import BuildOptions, build_corpus
 from pipeline.info import corpus_summary
@@ -89,15 +92,21 @@ def generator_key() -> str:
     return hashlib.sha256(Path(catalog.synth.__file__).read_bytes()).hexdigest()[:12]
 
 
-def cached_products(cache: Path, replicas: int, seed: int = 0) -> tuple[Path, float]:
-    """The archive of ``write_example(seed, replicas)`` under ``cache``, and the seconds spent generating it."""
-    root = cache / f"products-r{replicas}-s{seed}-{generator_key()}"
+def cached_products(cache: Path, replicas: int, seed: int = 0, raster_format: str | None = None) -> tuple[Path, float]:
+    """The archive of ``write_example(seed, replicas)`` under ``cache``, and the seconds spent generating it.
+
+    ``raster_format`` writes every scene in that format (``catalog.rasters.RASTER_FORMATS``); by default
+    the example's own formats (DLR's uncompressed GeoTIFF strips, scene B as a deflate COG).
+    """
+    formats = None if raster_format is None else {p.label: raster_format for p in catalog.synth.scenario(replicas)}
+    suffix = "" if raster_format is None else f"-{raster_format}"
+    root = cache / f"products-r{replicas}-s{seed}{suffix}-{generator_key()}"
     done = root / "COMPLETE"
     if done.exists():
         return root / "archive", 0.0
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    example = catalog.synth.write_example(root, seed=seed, replicas=replicas)
+    example = catalog.synth.write_example(root, seed=seed, replicas=replicas, raster_formats=formats)
     seconds = time.perf_counter() - started
     done.write_text(json.dumps({"products": len(example.products), "seconds": seconds}))
     return example.archive, seconds
@@ -203,6 +212,8 @@ class Limit:
     decode_codec_s: float
     memcpy_s: float
     codec_ratio: float
+    #: The same per raster layout (``image_layout``): images, raw MB, decode and encode s, MB/s.
+    by_layout: dict[str, dict[str, float]] = field(default_factory=dict)
     limit_mb_s: float = field(init=False)
     decode_tiff_mb_s: float = field(init=False)
     encode_mb_s: float = field(init=False)
@@ -229,6 +240,12 @@ class Limit:
             decode_codec_s=sum(p.decode_codec_s for p in parts),
             memcpy_s=sum(p.memcpy_s for p in parts),
             codec_ratio=sum(p.codec_ratio * p.raw_mb for p in parts) / raw,
+            by_layout=layout_speeds(
+                {
+                    layout: {k: sum(p.by_layout.get(layout, {}).get(k, 0.0) for p in parts) for k in _LAYOUT_SUMS}
+                    for layout in sorted({layout for p in parts for layout in p.by_layout})
+                }
+            ),
         )
 
 
@@ -241,6 +258,24 @@ def single_threaded_blosc() -> Iterator[None]:
         yield
     finally:
         numcodecs.blosc.use_threads = before
+
+
+def image_layout(href: str) -> str:
+    """How an image is stored, from its href: ``cog`` (``_COG.TIF``), ``zip`` (``/vsizip/``) or ``file``."""
+    return "cog" if href.upper().endswith("_COG.TIF") else "zip" if href.startswith("/vsizip/") else "file"
+
+
+_LAYOUT_SUMS = ("images", "raw_mb", "block_mb", "decode_tiff_s", "encode_s")
+
+
+def layout_speeds(sums: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-layout sums with their speeds (MB/s) added: decode (of the image, and of the TIFF blocks) and limit."""
+    return {
+        layout: {**v, "decode_tiff_mb_s": v["raw_mb"] / v["decode_tiff_s"],
+                 "decode_block_mb_s": v["block_mb"] / v["decode_tiff_s"],
+                 "limit_mb_s": v["raw_mb"] / (v["decode_tiff_s"] + v["encode_s"])}
+        for layout, v in sums.items()
+    }  # fmt: skip
 
 
 def measure_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int) -> Limit:
@@ -259,6 +294,14 @@ def measure_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int) -> L
         return min(sum(getattr(t, phase) for t in run) for run in runs)
 
     raw = sum(t.raw_bytes for t in runs[0])
+    sums: dict[str, dict[str, float]] = {}
+    for i, href in enumerate(hrefs):  # each image's best time over the repeats
+        part = sums.setdefault(image_layout(href), dict.fromkeys(_LAYOUT_SUMS, 0.0))
+        part["images"] += 1
+        part["raw_mb"] += runs[0][i].raw_bytes / MB
+        part["block_mb"] += image_block_bytes(href, len(bands)) / MB
+        part["decode_tiff_s"] += min(run[i].decode_tiff for run in runs)
+        part["encode_s"] += min(run[i].encode for run in runs)
     return Limit(
         images=len(hrefs),
         raw_mb=raw / MB,
@@ -268,6 +311,7 @@ def measure_limit(hrefs: Sequence[str], bands: Sequence[int], repeats: int) -> L
         decode_codec_s=best("decode_codec"),
         memcpy_s=best("memcpy"),
         codec_ratio=sum(t.encoded_bytes for t in runs[0]) / raw,
+        by_layout=layout_speeds(sums),
     )
 
 
@@ -463,23 +507,45 @@ def shard_windows(observations: pd.DataFrame) -> pd.DataFrame:
 
 
 def _block_span(start: int, size: int, block: int, limit: int) -> int:
-    """Pixels of the whole blocks that cover [start, start + size), clipped to the image."""
+    """Pixels of the whole blocks that cover [start, start + size), clipped to ``limit``."""
     first, last = start // block * block, -(-(start + size) // block) * block
     return min(last, limit) - first
 
 
-def decoded_pixels(windows: pd.DataFrame, hrefs: dict[str, str]) -> int:
-    """Pixels GDAL decompresses for the windows: every TIFF block a window touches is decoded whole."""
-    total = 0
+def _block_bytes(image: rasterio.DatasetReader, spans: Sequence[tuple[int, int, int, int]], n_bands: int) -> int:
+    """Bytes GDAL decodes to read ``n_bands`` bands of the (row0, col0, height, width) windows of ``image``.
+
+    Every TIFF block a window touches is decoded whole. Strips (full rows; the last one is short) are
+    clipped to the image; tiles are not (edge tiles are stored padded to full size). A pixel-interleaved
+    block holds every band, so all bands are decoded.
+    """
+    block_y, block_x = image.block_shapes[0]
+    tiled = block_x < image.width or bool(image.profile.get("tiled"))
+    height, width = (2**31, 2**31) if tiled else (image.height, image.width)
+    pixel_interleaved = image.interleaving is not None and image.interleaving.name == "pixel"
+    per_pixel = (image.count if pixel_interleaved else n_bands) * np.dtype(image.dtypes[0]).itemsize
+    return per_pixel * sum(
+        _block_span(row0, rows, block_y, height) * _block_span(col0, cols, block_x, width)
+        for row0, col0, rows, cols in spans
+    )
+
+
+def decoded_bytes(windows: pd.DataFrame, hrefs: dict[str, str], n_bands: int) -> dict[str, int]:
+    """Bytes GDAL decodes for the windows' ``n_bands`` bands, per raster layout (``image_layout``)."""
+    totals: dict[str, int] = {}
     for product, group in windows.groupby("product"):
-        with rasterio.open(hrefs[str(product)]) as image:
-            block_y, block_x = image.block_shapes[0]
-            height, width = image.height, image.width
-        for w in group.itertuples():
-            total += _block_span(int(w.row0), int(w.height), block_y, height) * _block_span(
-                int(w.col0), int(w.width), block_x, width
-            )
-    return total
+        href = hrefs[str(product)]
+        spans = [(int(w.row0), int(w.col0), int(w.height), int(w.width)) for w in group.itertuples()]
+        with rasterio.open(href) as image:
+            layout = image_layout(href)
+            totals[layout] = totals.get(layout, 0) + _block_bytes(image, spans, n_bands)
+    return totals
+
+
+def image_block_bytes(href: str, n_bands: int) -> int:
+    """Bytes GDAL decodes to read ``n_bands`` bands of the whole image (see ``_block_bytes``)."""
+    with rasterio.open(href) as image:
+        return _block_bytes(image, [(0, 0, image.height, image.width)], n_bands)
 
 
 # --- one benchmark run -------------------------------------------------------------------------
@@ -529,6 +595,7 @@ class CorpusFacts:
     windows: int
     window_bytes: int
     decoded_bytes: int
+    decoded_by_layout: dict[str, int]
 
     @classmethod
     def of(cls, corpus: Path, n_bands: int) -> CorpusFacts:
@@ -536,6 +603,7 @@ class CorpusFacts:
         reader = CorpusReader(corpus)
         hrefs = used_images(reader)
         windows = shard_windows(reader.table("observations"))
+        decoded = decoded_bytes(windows, hrefs, n_bands)
         pixels = int((windows["height"] * windows["width"]).sum())
         return cls(
             summary=corpus_summary(reader),
@@ -543,7 +611,8 @@ class CorpusFacts:
             hrefs=hrefs,
             windows=len(windows),
             window_bytes=pixels * n_bands * 2,
-            decoded_bytes=decoded_pixels(windows, hrefs) * n_bands * 2,
+            decoded_bytes=sum(decoded.values()),
+            decoded_by_layout=decoded,
         )
 
 
@@ -568,7 +637,7 @@ def measure_limits(hrefs: Sequence[str], bands: Sequence[int], args: argparse.Na
 
 def bench_replicas(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     """Generate (or reuse) the products, build them, measure the limit on the used images; one result row."""
-    archive, generated_s = cached_products(args.cache, replicas, args.seed)
+    archive, generated_s = cached_products(args.cache, replicas, args.seed, args.raster_format)
     rules = Rules(shard_size=args.shard_size)
     bands = [int(b) for b in selected_bands(rules.bands)]
     out = Path(tempfile.mkdtemp(prefix=f"corpus-r{replicas}-", dir=args.cache)) / "corpus"
@@ -591,6 +660,7 @@ def bench_replicas(replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     row = {
         **environment(args.workers, args.shard_size),
         "replicas": replicas,
+        "raster_format": args.raster_format or "example (GTiff strips, scene B COG)",
         "products_generated_s": generated_s,
         "load": load,
     }
@@ -604,7 +674,10 @@ def figures(limits: Limits, build: BuildRun, facts: CorpusFacts, workers: int) -
     written_mb, decoded_mb = float(shards["raw_bytes"].sum()) / MB, facts.decoded_bytes / MB
     build_mb_s = limit.raw_mb / (build.wall_s * workers)
     task_mb_s = limit.raw_mb / (read_s + write_s)
-    at_limit_s = decoded_mb / limit.decode_tiff_mb_s + written_mb / limit.encode_mb_s
+    at_limit_s = written_mb / limit.encode_mb_s + sum(  # each layout's blocks at its own decode speed
+        nbytes / MB / limit.by_layout.get(layout, {}).get("decode_block_mb_s", limit.decode_tiff_mb_s)
+        for layout, nbytes in facts.decoded_by_layout.items()
+    )
     return {
         "scenes": facts.summary["scenes"],
         "observations": facts.summary["observations"],
@@ -613,6 +686,7 @@ def figures(limits: Limits, build: BuildRun, facts: CorpusFacts, workers: int) -
         "scene_raw_mb": limit.raw_mb,
         "window_raw_mb": facts.window_bytes / MB,
         "decoded_raw_mb": decoded_mb,
+        "decoded_raw_mb_by_layout": {layout: nbytes / MB for layout, nbytes in facts.decoded_by_layout.items()},
         "written_raw_mb": written_mb,
         "limit": asdict(limit),
         "limit_parallel": asdict(limits.parallel),
@@ -658,16 +732,27 @@ def _pair(first: Any, second: Any) -> str:
     return f"{first} / {second}"
 
 
+def _by_layout(row: Row, layout: str) -> str:
+    """Decode / limit MB/s of one raster layout's images, with their count; "-" when the run had none."""
+    part = row["limit"].get("by_layout", {}).get(layout)
+    if part is None:
+        return "-"
+    return f"{part['decode_tiff_mb_s']:.0f} / {part['limit_mb_s']:.1f} ({part['images']:.0f})"
+
+
 TABLE: tuple[tuple[str, Callable[[Row], Any]], ...] = (
     ("replicas", lambda r: r["replicas"]),
     ("used scenes / observations / shards", lambda r: f"{r['scenes']['used']} / {r['observations']} / {r['shards']}"),
     ("raw MB: scene area (S) / written", lambda r: _pair(r["scene_raw_mb"], r["written_raw_mb"])),
-    ("raw MB: task windows / decoded tiles", lambda r: _pair(r["window_raw_mb"], r["decoded_raw_mb"])),
+    ("raw MB: task windows / decoded blocks", lambda r: _pair(r["window_raw_mb"], r["decoded_raw_mb"])),
     ("limit MB/s/core: S / (decode + encode)", lambda r: r["limit"]["limit_mb_s"]),
     ("  GeoTIFF decode MB/s", lambda r: r["limit"]["decode_tiff_mb_s"]),
     ("  codec encode MB/s", lambda r: r["limit"]["encode_mb_s"]),
     ("  codec decode MB/s", lambda r: r["limit"]["decode_codec_mb_s"]),
     ("  memcpy MB/s", lambda r: r["limit"]["memcpy_mb_s"]),
+    ("  decode / limit MB/s (images): strip TIF", lambda r: _by_layout(r, "file")),
+    ("    strip TIF in stored ZIP", lambda r: _by_layout(r, "zip")),
+    ("    deflate COG", lambda r: _by_layout(r, "cog")),
     ("limit, all workers' processes at once", lambda r: r["limit_parallel"]["limit_mb_s"]),
     ("  GeoTIFF decode / codec encode MB/s", lambda r: _pair(r["limit_parallel"]["decode_tiff_mb_s"],
                                                             r["limit_parallel"]["encode_mb_s"])),
@@ -680,7 +765,7 @@ TABLE: tuple[tuple[str, Callable[[Row], Any]], ...] = (
     ("materialize MB/s/core: S / task s", lambda r: r["build"]["materialize_per_core_mb_s"]),
     ("  materialize / limit, / parallel limit", lambda r: _pair(r["build"]["materialize_ratio_to_limit"],
                                                                r["build"]["materialize_ratio_to_parallel_limit"])),
-    ("  task decode MB/s (tiles) / write MB/s", lambda r: _pair(r["build"]["materialize_read_decoded_mb_s"],
+    ("  task decode MB/s (blocks) / write MB/s", lambda r: _pair(r["build"]["materialize_read_decoded_mb_s"],
                                                              r["build"]["materialize_write_mb_s"])),
     ("  task s at limit speeds / efficiency", lambda r: _pair(r["build"]["materialize_at_limit_s"],
                                                              r["build"]["materialize_efficiency"])),
@@ -710,7 +795,8 @@ def format_table(rows: Sequence[Row]) -> str:
     head = rows[0]
     title = (
         f"{head['date']}  {head['cpu']} x{head['cpu_count']}  workers {head['workers']}  shard size "
-        f"{head['shard_size']}  zarr {head['versions']['zarr']}  numcodecs {head['versions']['numcodecs']}"
+        f"{head['shard_size']}  zarr {head['versions']['zarr']}  numcodecs {head['versions']['numcodecs']}  rasters "
+        f"{head.get('raster_format', 'example')}"
     )
     lines = [f"{label:<{width}}  " + "  ".join(f"{cell(row)!s:>17}" for row in rows) for label, cell in TABLE]
     return "\n".join([title, *lines, "build stages (s):", *stage_lines(rows)])
@@ -724,6 +810,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=Rules().shard_size)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the limit measurement (best kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--raster-format", choices=RASTER_FORMATS, help="write every scene in this format (default: the example's)"
+    )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where products and corpora go")
     parser.add_argument("--keep", action="store_true", help="keep the built corpora (under --cache)")
     parser.add_argument(

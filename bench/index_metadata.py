@@ -13,24 +13,30 @@ indexing opens no raster) and a METADATA.XML of the real size: the real test pro
 ``--padding`` bytes of filler RPCs. Timed, on a warm page cache (median of ``--repeats``):
 
 1. ``index_archive(root)`` on the whole archive and on each order folder: wall and CPU s per product, and
-   the XML bytes the parser was fed (``read_metadata``'s ``bytes_read``, summed through a wrapper) and
-   the bytes the process read from files (``rchar``, ZIP directories included);
+   the METADATA.XML bytes ``read_metadata`` read (``bytes_read``: the head it parses and the tail it
+   searches for the projection, summed through a wrapper) and the bytes the process read from files
+   (``rchar``: ZIP directories and compressed members included);
 2. per product, its METADATA.XML opened as ``index_archive`` opens it, then read with ``read_metadata``
-   (the head) or with ``ET.parse`` (the whole file: the baseline, ``--baseline-repeats`` passes);
-3. the same two readers on the real test product's METADATA.XML, in memory.
+   (head and tail) or with ``ET.parse`` (the whole file: the baseline, ``--baseline-repeats`` passes);
+3. the same two readers on the real test product's METADATA.XML, in memory;
+4. the whole-file parses of 2 and 3 in a new interpreter, and ``index_archive`` (per order folder, then
+   on all) in another: both depend on the process's history (see ``time_fresh_process``); a build
+   indexes in a process much like the second.
 
-With ``--cold`` (needs root), 1 and the baseline of 2 run again (``--cold-repeats`` passes), each pass
-after ``sync; echo 3 > /proc/sys/vm/drop_caches``, with the bytes read from storage. The per-product CPU
-time of 1 gives the extrapolation to SpectralEarth's 11,636 products on one core. One JSON line per run
-is appended to ``--out``.
+With ``--cold`` (needs root), 1 (``--cold-repeats`` passes) and the baseline of 2 (one pass) run again,
+each pass after ``sync; echo 3 > /proc/sys/vm/drop_caches``, with the bytes read from storage. The
+per-product CPU time of 1 gives the extrapolation to SpectralEarth's 11,636 products on one core. One
+JSON line per run is appended to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import gzip
 import hashlib
+import inspect
 import json
 import shutil
 import statistics
@@ -170,8 +176,10 @@ def write_products(root: Path, n: int, padding: int, seed: int) -> list[Product]
 
 
 def cached_products(cache: Path, n: int, padding: int, seed: int) -> tuple[Path, list[Product], float]:
-    """The archive of ``n`` products (generated once per N, padding, seed and metadata writer), and the s it took."""
-    key = hashlib.sha256(Path(catalog.metadata.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()[:12]
+    """The archive of ``n`` products (generated once per N, padding, seed and generator source), and the s it took."""
+    generator = [inspect.getsource(fn) for fn in (write_products, product_metadata, layout_of, order_folder)]
+    source = Path(catalog.metadata.__file__).read_text() + "".join(generator) + repr(OTHER_FILES)
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
     base = cache / f"index-n{n}-p{padding}-s{seed}-{key}"
     done = base / "COMPLETE"
     if done.exists():
@@ -336,6 +344,68 @@ def pooled(parts: dict[str, dict[str, Any]], counts: dict[str, int]) -> dict[str
     return {key: sum(parts[layout][key] * counts[layout] for layout in parts) / n for key in keys}
 
 
+#: Run by ``time_fresh_process`` in new interpreters: ``parse`` with only the standard library loaded,
+#: ``index`` with the catalog loaded (not the build's dask and pipeline modules).
+_FRESH = """
+import gc, gzip, io, json, statistics, sys, time, zipfile, xml.etree.ElementTree as ET
+spec = json.load(sys.stdin)
+def cpu(fn):
+    started = time.process_time(); fn(); return time.process_time() - started
+def parse(path, member):
+    if member is None:
+        with open(path, "rb") as f: ET.parse(f)
+    else:
+        with zipfile.ZipFile(path) as z, z.open(member) as f: ET.parse(f)
+out = {"objects": len(gc.get_objects())}
+if spec["mode"] == "parse":
+    real = gzip.decompress(open(spec["real"], "rb").read())
+    out["real_cpu_ms"] = 1e3 * statistics.median(cpu(lambda: ET.parse(io.BytesIO(real))) for _ in range(5))
+    out["cpu_ms_per_product"] = 1e3 * statistics.median(
+        cpu(lambda: [parse(p, m) for p, m in spec["products"]]) for _ in range(spec["repeats"])
+    ) / len(spec["products"])
+else:
+    from pathlib import Path
+    from catalog.archive import index_archive
+    out["objects"] = len(gc.get_objects())
+    for name, (root, n) in spec["roots"].items():
+        first = cpu(lambda: index_archive(Path(root)))
+        out[name] = {"first_pass_cpu_ms_per_product": 1e3 * first / n, "cpu_ms_per_product": 1e3 * statistics.median(
+            cpu(lambda: index_archive(Path(root))) for _ in range(spec["repeats"])) / n}
+print(json.dumps(out))
+"""
+
+
+def time_fresh_process(root: Path, products: Sequence[Product], repeats: int) -> dict[str, Any]:
+    """Whole-file parses, and ``index_archive`` per order folder then on all, each in a new interpreter.
+
+    The whole-file parse allocates an element per XML node, so Python's cyclic garbage collector runs often
+    and each full collection walks every object of the process: with the build's modules loaded (as here)
+    the parse costs about twice what it costs in a bare interpreter. ``index_archive`` on ZIP members
+    depends on the process's history too (glibc's malloc serves the 4 MB blocks ``zipfile`` reads either
+    from its heap or, in a new process, from fresh pages).
+    """
+    files = [
+        [str(p.path / product_filename(p.name, "metadata")), None] if p.member is None else [str(p.path), p.member]
+        for p in products
+    ]
+    roots = {layout: [str(order_folder(root, layout)), sum(p.layout == layout for p in products)] for layout in LAYOUTS}
+    specs = {
+        "whole_file_et_parse": {"mode": "parse", "real": str(REAL_XML), "products": files, "repeats": repeats},
+        "index_archive": {"mode": "index", "roots": {**roots, "all": [str(root), len(products)]}, "repeats": repeats},
+    }
+    out = {}
+    for name, spec in specs.items():
+        children = psutil.Process().cpu_times()
+        with machine_cpu() as account:
+            done = subprocess.run(
+                [sys.executable, "-c", _FRESH], input=json.dumps(spec), capture_output=True, text=True, check=True
+            )
+        after = psutil.Process().cpu_times()
+        own = after.children_user + after.children_system - children.children_user - children.children_system
+        out[name] = {**json.loads(done.stdout), "other_cpu_s": max(0.0, account.busy_s - own)}
+    return out
+
+
 def time_real_file(repeats: int) -> dict[str, Any]:
     """Both readers on the real METADATA.XML in memory: CPU ms (median) and bytes parsed."""
     import io
@@ -381,6 +451,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "readers": {layout: time_readers(ps, args.repeats, args.baseline_repeats) for layout, ps in by_layout.items()},
         "real_file": time_real_file(max(args.repeats, 5)),
+        "fresh_process": time_fresh_process(root, products, args.baseline_repeats),
+        "objects_in_process": len(gc.get_objects()),
     }
     counts = {layout: len(ps) for layout, ps in by_layout.items()}
     row["readers"]["all"] = {
@@ -393,7 +465,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         row["cold"] = {"available": why is None, "why_not": why}
         if why is None:
             row["cold"]["index_archive"] = time_index(root, n, args.cold_repeats, cold=True)
-            whole = time_reader(products, _whole, args.cold_repeats, cold=True)
+            whole = time_reader(products, _whole, 1, cold=True)
             whole.pop("result_per_product")
             row["cold"]["whole_file_et_parse"] = whole
             load["after_cold"] = system_load()
@@ -406,15 +478,28 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "products_generated_s": generated_s,
         "command": " ".join(["python", *sys.argv]),
+        "commit": git_commit(),
         "load": load,
     }
     row = {**context, **row}
     return _rounded({**row, "extrapolation": extrapolate(row)})
 
 
+def git_commit() -> str | None:
+    """The checked-out commit, with ``+dirty`` when ``catalog/`` has uncommitted changes (the code timed)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "catalog"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
     """SpectralEarth's 11,636 products on one core, from the per-product figures of the whole archive."""
     index, whole = row["index_archive"]["all"], row["readers"]["all"]["whole_file_et_parse"]
+    fresh_whole = row["fresh_process"]["whole_file_et_parse"]["cpu_ms_per_product"]
+    fresh_index = row["fresh_process"]["index_archive"]
     worst = max(row["index_archive"][layout]["cpu_ms_per_product"] for layout in LAYOUTS)
     out = {
         "products": SPECTRALEARTH_PRODUCTS,
@@ -426,6 +511,12 @@ def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
         "ratio_whole_file_to_index_cpu": whole["cpu_ms_per_product"] / index["cpu_ms_per_product"],
         "ratio_whole_file_to_read_metadata_cpu": whole["cpu_ms_per_product"]
         / row["readers"]["all"]["read_metadata"]["cpu_ms_per_product"],
+        "fresh_whole_file_parse_cpu_minutes": fresh_whole * SPECTRALEARTH_PRODUCTS / 6e4,
+        "fresh_index_cpu_minutes": fresh_index["all"]["cpu_ms_per_product"] * SPECTRALEARTH_PRODUCTS / 6e4,
+        "fresh_index_cpu_minutes_slowest_layout": max(fresh_index[k]["cpu_ms_per_product"] for k in LAYOUTS)
+        * SPECTRALEARTH_PRODUCTS
+        / 6e4,
+        "ratio_fresh_whole_file_to_fresh_index_cpu": fresh_whole / fresh_index["all"]["cpu_ms_per_product"],
         "xml_gb_parsed": index["xml_bytes_parsed_per_product"] * SPECTRALEARTH_PRODUCTS / 1e9,
         "rchar_gb": index["rchar_per_product"] * SPECTRALEARTH_PRODUCTS / 1e9,
         "whole_file_gb_issue": WHOLE_FILE_GB,
@@ -459,7 +550,7 @@ def format_table(row: dict[str, Any]) -> str:
     cells: list[tuple[str, Callable[[str], Any]]] = [
         ("index_archive wall ms", lambda k: index[k]["wall_ms_per_product"]),
         ("index_archive CPU ms", lambda k: index[k]["cpu_ms_per_product"]),
-        ("index_archive XML KB parsed", lambda k: index[k]["xml_bytes_parsed_per_product"] / 1e3),
+        ("index_archive XML KB read (head + tail)", lambda k: index[k]["xml_bytes_parsed_per_product"] / 1e3),
         ("index_archive KB read (rchar)", lambda k: index[k]["rchar_per_product"] / 1e3),
         ("open + read_metadata CPU ms", lambda k: _reader(row, k, "read_metadata")),
         ("open + ET.parse whole file CPU ms", lambda k: _reader(row, k, "whole_file_et_parse")),
@@ -473,6 +564,16 @@ def format_table(row: dict[str, Any]) -> str:
     lines.append(
         f"real METADATA.XML ({real['bytes'] / 1e6:.2f} MB): read_metadata {real['read_metadata_cpu_ms']:.2f}"
         f" ms ({real['read_metadata_bytes'] / 1e3:.0f} KB), ET.parse {real['whole_file_et_parse_cpu_ms']:.1f} ms"
+    )
+    fresh = row["fresh_process"]
+    lines.append(
+        f"{'new interpreter: index_archive CPU ms':<44}"
+        + "".join(f"{fresh['index_archive'][k]['cpu_ms_per_product']:>14.3f}" for k in ("all", *LAYOUTS))
+    )
+    lines.append(
+        f"new interpreter: whole-file parse {fresh['whole_file_et_parse']['cpu_ms_per_product']:.1f} ms per product"
+        f" (real XML {fresh['whole_file_et_parse']['real_cpu_ms']:.1f} ms); / index_archive"
+        f" {x['ratio_fresh_whole_file_to_fresh_index_cpu']:.1f}"
     )
     if "cold" in row:
         cold = row["cold"]

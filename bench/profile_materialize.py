@@ -36,7 +36,7 @@ from build_throughput import (
     DEFAULT_CACHE,
     MB,
     cached_corpus,
-    decoded_pixels,
+    decoded_bytes,
     machine,
     patch_codec,
     shard_windows,
@@ -80,9 +80,11 @@ def fullest_shard(corpus: Path) -> Shard:
     observations = reader.table("observations")
     hrefs = used_images(reader)
     index = int(observations["shard"].value_counts().sort_index().idxmax())
-    rows = observations[observations["shard"] == index].assign(href=lambda t: t["product"].map(hrefs))
+    rows = observations[observations["shard"] == index].assign(
+        href=lambda t: t["product"].map(hrefs), train=lambda t: t["split"] == "train"
+    )  # the columns pipeline.build passes to materialize_shard
     rules = reader.metadata["rules"]
-    return Shard(index, rows[["obs", "href", "row", "col"]], selected_bands(rules["bands"]), len(observations),
+    return Shard(index, rows[["obs", "href", "row", "col", "train"]], selected_bands(rules["bands"]), len(observations),
                  rules["shard_size"])  # fmt: skip
 
 
@@ -110,11 +112,11 @@ def read_windows(shard: Shard) -> list[tuple[pd.DataFrame, np.ndarray]]:
 
 
 def decoded_tiles(shard: Shard, read: Step) -> Step:
-    """The read step counted in the whole TIFF tiles GDAL decompresses for the windows (its real work)."""
+    """The read step counted in the whole TIFF blocks (tiles or strips) GDAL decodes for the windows (its real work)."""
     windows = shard_windows(shard.rows.rename(columns={"href": "product"}).assign(shard=shard.index))
     hrefs = {str(h): str(h) for h in shard.rows["href"].unique()}
-    mb = decoded_pixels(windows, hrefs) * len(shard.bands) * 2 / MB
-    return Step("  same, counted in decoded TIFF tiles", read.wall_s, read.cpu_s, mb)
+    mb = sum(decoded_bytes(windows, hrefs, len(shard.bands)).values()) / MB
+    return Step("  same, counted in decoded TIFF blocks", read.wall_s, read.cpu_s, mb)
 
 
 def cut(blocks: list[tuple[pd.DataFrame, np.ndarray]], shard: Shard) -> np.ndarray:
