@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
 from catalog.errors import ProductError
+from catalog.hrefs import open_member
 from catalog.metadata import read_metadata
 from catalog.product import asset_key, is_product_name
 from catalog.query import SceneQuery
@@ -90,7 +91,7 @@ def _zip_record(path: Path) -> SceneRecord:
             hrefs = {key: f"/vsizip/{path}/{member}" for key, member in assets.items()}
             if "metadata" not in assets:
                 return _product_record(name, source, hrefs, None)
-            with archive.open(assets["metadata"]) as metadata:
+            with open_member(archive, assets["metadata"]) as metadata:
                 return _product_record(name, source, hrefs, metadata)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         return SceneRecord.rejected(name, source, f"corrupt ZIP file ({error})")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import struct
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +32,81 @@ def open_local(href: str) -> Iterator[IO[bytes]]:
     with zipfile.ZipFile(zipped["archive"]) as archive:
         if zipped["member"] not in archive.namelist():
             raise FileNotFoundError(f"{href}: no member {zipped['member']!r} in {zipped['archive']}")
-        with archive.open(zipped["member"]) as member:
+        with open_member(archive, zipped["member"]) as member:
             yield member
+
+
+def open_member(archive: zipfile.ZipFile, member: str) -> IO[bytes]:
+    """A ZIP member for reading: a stored one seeks in place (a window of the file); a compressed one
+    says it cannot seek, so that readers go forward through it once.
+
+    ``ZipFile.open`` seeks by reading and inflating from the member's start on Python 3.11: a jump to
+    a stored member's tail would cost its whole size, and every backward seek starts again.
+    """
+    info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or archive.filename is None:
+        return io.BufferedReader(_ForwardOnly(archive.open(info)))
+    file = open(archive.filename, "rb")  # noqa: SIM115 (closed with the window)
+    file.seek(info.header_offset)
+    name_length, extra_length = struct.unpack("<2H", file.read(_LOCAL_HEADER)[26:30])
+    start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+    return io.BufferedReader(_Window(file, start, info.file_size))
+
+
+#: Size of a ZIP local file header before its name and extra field (PKWARE APPNOTE 4.3.7).
+_LOCAL_HEADER = 30
+
+
+class _ForwardOnly(io.RawIOBase):
+    """A stream read front to back only (``seekable()`` is False); closing it closes the stream."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``start``..``start + size`` of an open file, as a seekable raw stream that owns the file."""
+
+    def __init__(self, file: IO[bytes], start: int, size: int) -> None:
+        self._file, self._start, self._size, self._pos = file, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = max(0, min(len(buffer), self._size - self._pos))
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def local_size(href: str) -> int | None:

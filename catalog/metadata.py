@@ -130,11 +130,12 @@ class MetadataRead:
 
 
 def read_metadata(stream: IO[bytes], source: str) -> MetadataRead:
-    """Parse a METADATA.XML from ``stream``, reading only its head and, when it can seek, its tail.
+    """Parse a METADATA.XML from ``stream``, reading only its head and its tail.
 
     The parser stops once the header fields are in (about 70 KB of a 4 MB file); the projection is
-    then looked up in the last ``TAIL_BYTES``. Raises ProductError naming ``source`` and the missing
-    or bad field's path.
+    then looked up in the last ``TAIL_BYTES`` (a stream that cannot seek is read on to its end, as a
+    compressed ZIP member must be). Raises ProductError naming ``source`` and the missing or bad
+    field's path.
     """
     collector = _Collector()
     parser = ET.XMLPullParser(events=("start", "end"))  # type: ignore[var-annotated]
@@ -152,18 +153,25 @@ def read_metadata(stream: IO[bytes], source: str) -> MetadataRead:
     except ET.ParseError as error:
         raise ProductError(f"{source}: METADATA.XML is not well-formed XML ({error})") from error
     meta = collector.metadata(source)
-    if meta.projection is None and stream.seekable():
-        tail = _tail(stream)
-        read += len(tail)
+    if meta.projection is None:
+        tail, tail_read = _tail(stream)
+        read += tail_read
         found = _PROJECTION_TAG.search(tail)
         meta = replace(meta, projection=found[1].decode() if found and found[1] else None)
     return MetadataRead(meta, read)
 
 
-def _tail(stream: IO[bytes]) -> bytes:
-    end = stream.seek(0, io.SEEK_END)
-    stream.seek(max(0, end - TAIL_BYTES))
-    return stream.read()
+def _tail(stream: IO[bytes]) -> tuple[bytes, int]:
+    """The last ``TAIL_BYTES`` and the bytes read to get them: a seek, or a read on to the end when the
+    stream cannot seek."""
+    if stream.seekable():
+        stream.seek(max(stream.tell(), stream.seek(0, io.SEEK_END) - TAIL_BYTES))
+        tail = stream.read()
+        return tail, len(tail)
+    tail, read = b"", 0
+    while chunk := stream.read(TAIL_BYTES):
+        tail, read = tail[-TAIL_BYTES:] + chunk, read + len(chunk)
+    return tail[-TAIL_BYTES:], read
 
 
 def parse_metadata(data: bytes, source: str) -> ProductMetadata:

@@ -6,12 +6,14 @@ import gzip
 import io
 import re
 import xml.etree.ElementTree as ET
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from catalog.errors import ProductError
+from catalog.hrefs import open_member
 from catalog.metadata import CHUNK_BYTES, TAIL_BYTES, metadata_xml, parse_metadata, projection_epsg, read_metadata
 from catalog.synth import SCENARIO, Landscape, _render
 
@@ -49,9 +51,20 @@ class _Unseekable(io.BytesIO):
         return False
 
 
-def test_projection_comes_from_the_tail_when_the_stream_can_seek() -> None:
-    read = read_metadata(_Unseekable(real_xml()), "real")
-    assert read.metadata.projection is None and read.bytes_read <= 70_000 + CHUNK_BYTES
+def test_projection_comes_from_the_tail(tmp_path: Path) -> None:
+    data = real_xml()
+    read = read_metadata(_Unseekable(data), "real")  # cannot seek: read on to the end
+    assert read.metadata.projection == "UTM_Zone32_North" and read.bytes_read == len(data)
+    archive = tmp_path / "product.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("stored.XML"), data, zipfile.ZIP_STORED)
+        zf.writestr(zipfile.ZipInfo("deflated.XML"), data, zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(archive) as zf:
+        for member, whole in (("stored.XML", False), ("deflated.XML", True)):
+            with open_member(zf, member) as stream:
+                read = read_metadata(stream, member)
+            assert read.metadata == parse_metadata(data, member), member
+            assert (read.bytes_read == len(data)) == whole  # a stored member seeks in place to its tail
     moved = real_xml().replace(b"<projection>UTM_Zone32_North</projection>", b"")
     assert parse_metadata(moved, "real").projection is None  # not stated: the CRS comes from the raster alone
     assert (projection_epsg("UTM_Zone36_South"), projection_epsg("Geographic")) == (32736, None)
