@@ -103,8 +103,8 @@ def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str
     rejected = scenes[scenes["status"] != OK]
     lines = [f"no observations: {len(rejected)} of {len(scenes)} scenes were rejected"]
     lines += [f"  {count} {group}" for group, count in rejected["reason"].map(reason_group).value_counts().items()]
-    if candidates is not None:
-        candidates = candidates[candidates["product"].isin(scenes["product"])]
+    candidates = candidates[candidates["product"].isin(scenes["product"])] if candidates is not None else None
+    if candidates is not None and len(candidates):
         lines.append(f"and all {len(candidates)} candidate patches of the others were dropped:")
         lines += [f"  {count} by {reason}" for reason, count in candidates["drop_reason"].value_counts().items()]
     lines += [f"    {product}: {reason}" for product, reason in rejected[["product", "reason"]].itertuples(index=False)]

@@ -262,3 +262,22 @@ def test_info_says_how_far_scene_band_centres_deviate(corpus: Path, capsys) -> N
     assert deviation["scenes"] == 5 and 0 < deviation["median"] <= deviation["max"] < 0.5
     assert main(["info", str(corpus)]) == 0
     assert f"5 scenes deviate from the nominal table by at most {deviation['max']} nm" in capsys.readouterr().out
+
+
+def test_nothing_built_says_what_dropped_the_patches() -> None:
+    from pipeline.build import _nothing_built
+
+    scenes = pd.DataFrame(
+        {"product": ["p1", "p2"], "status": ["ok", "rejected"], "reason": ["", "/x: file is truncated"]}
+    )
+    candidates = pd.DataFrame(
+        {"product": ["p1", "p1", "p1", "p0"], "drop_reason": ["cloud", "cloud", "snow", "nodata"]}  # p0: another scene
+    )
+    assert _nothing_built(scenes, candidates).splitlines() == [
+        "no observations: 1 of 2 scenes were rejected",
+        "  1 truncated file",
+        "and all 3 candidate patches of the others were dropped:",
+        "  2 by cloud",
+        "  1 by snow",
+        "    p2: /x: file is truncated",
+    ]
