@@ -25,9 +25,6 @@ from rasterio._io import virtual_file_to_buffer  # the only reader of /vsimem/ f
 from rasterio.io import MemoryFile
 
 RASTER_FORMATS = ("GTiff", "COG", "BSQ", "BIL", "BIP", "JP2")
-#: Extensions of the data file of a raster (the file to open with GDAL), as readers in the wild accept them; match
-#: case-insensitively after ``<product>-<SUFFIX>``.
-IMAGE_EXTENSION = r"(?:(?:_COG)?\.TIFF?|\.(?:BSQ|BIL|BIP|JP2|JPEG2000))"
 _ENVI_EXTENSIONS = ("BSQ", "BIL", "BIP")
 
 
@@ -79,17 +76,6 @@ def encode_raster(
         files = {path.removeprefix(folder): bytes(virtual_file_to_buffer(path)) for path in paths}
     # GDAL writes the data file's /vsimem/ path into an ENVI header; keep only its name there.
     return {_dlr_name(key): data if key == name else data.replace(folder.encode(), b"") for key, data in files.items()}
-
-
-def companion_files(filename: str) -> tuple[str, ...]:
-    """The side files that data file ``filename`` needs: an ENVI header, by replaced or appended extension.
-
-    Either name will do; GDAL matches them case-insensitively when it can list the folder or ZIP.
-    """
-    base, dot, ext = filename.rpartition(".")
-    if not dot or ext.upper() not in _ENVI_EXTENSIONS:
-        return ()
-    return f"{base}.HDR", f"{filename}.HDR"
 
 
 def _dlr_name(name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from affine import Affine
 from rasterio.enums import Compression, Interleaving
 from rasterio.windows import Window
 
-from catalog.rasters import IMAGE_EXTENSION, RASTER_FORMATS, companion_files, encode_raster
+from catalog.product import ASSET_SUFFIXES, asset_key
+from catalog.rasters import RASTER_FORMATS, encode_raster
 
 PRODUCT = "ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z"
 #: 30 m pixels whose corners lie at 15 mod 30 m, as on EnMAP's grid.
@@ -60,9 +60,16 @@ def _encode(fmt: str, epsg: int) -> dict[str, bytes]:
 
 
 def _data_name(files: dict[str, bytes], suffix: str) -> str:
-    pattern = re.compile(rf"-{suffix}{IMAGE_EXTENSION}$", re.IGNORECASE)
-    (name,) = (name for name in files if pattern.search(name))
+    """The file the product reader takes as the raster (``catalog.product.asset_key``), never its header."""
+    key = next(key for key, value in ASSET_SUFFIXES.items() if value == suffix)
+    (name,) = (name for name in files if asset_key(name, PRODUCT) == key)
     return name
+
+
+def _headers(data: str) -> tuple[str, ...]:
+    """The names an ENVI header of data file ``data`` may have: extension replaced, or appended."""
+    base, _, ext = data.rpartition(".")
+    return (f"{base}.HDR", f"{data}.HDR") if ext.upper() in ENVI else ()
 
 
 def _write(files: dict[str, bytes], root: Path) -> dict[str, str]:
@@ -86,7 +93,7 @@ def test_file_names_are_dlrs_and_readers_tell_data_from_header(fmt: str) -> None
     stems = [f"{PRODUCT}-{suffix}" for suffix in LAYERS]
     assert sorted(files) == sorted(pattern.format(stem) for stem in stems for pattern in EXPECTED_NAMES[fmt])
     for suffix in LAYERS:
-        headers = set(companion_files(_data_name(files, suffix))) & set(files)
+        headers = set(_headers(_data_name(files, suffix))) & set(files)
         assert len(headers) == (fmt in ENVI)
 
 
@@ -133,7 +140,7 @@ def test_envi_header_is_found_under_each_name(fmt: str, readdir: str, tmp_path: 
     files = encode_raster(stem, LAYER, crs="EPSG:32632", transform=TRANSFORM, nodata=None, fmt=fmt)
     data = f"{stem}.{fmt}"
     header = files[f"{stem}.HDR"]
-    names = [*companion_files(data), *(name.replace(".HDR", ".hdr") for name in companion_files(data))]
+    names = [*_headers(data), *(name.replace(".HDR", ".hdr") for name in _headers(data))]
     for index, name in enumerate(names):
         root = tmp_path / str(index)
         root.mkdir()
@@ -168,9 +175,6 @@ def test_cog_is_tiled_deflated_and_has_no_overviews(tmp_path: Path) -> None:
         assert src.overviews(1) == []
 
 
-def test_companion_files_and_unknown_format() -> None:
-    assert companion_files("A-SPECTRAL_IMAGE.bsq") == ("A-SPECTRAL_IMAGE.HDR", "A-SPECTRAL_IMAGE.bsq.HDR")
-    assert companion_files("A-SPECTRAL_IMAGE_COG.TIF") == companion_files("A-SPECTRAL_IMAGE.JP2") == ()
-    assert companion_files("A-SPECTRAL_IMAGE.HDR") == companion_files("README") == ()
+def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown raster format"):
         encode_raster("S", LAYER, crs="EPSG:32632", transform=TRANSFORM, nodata=None, fmt="ENVI")
