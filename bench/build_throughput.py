@@ -64,18 +64,18 @@ import psutil
 import rasterio
 from machine_load import wait_for_quiet
 
-import catalog.synth
-import pipeline.build as build_module
-from catalog.bands import selected_bands
-from catalog.query import SceneQuery
-from catalog.rasters import RASTER_FORMATS
-from catalog.scenes import OK
-from pipeline.build import BuildOptions, build_corpus
-from pipeline.info import corpus_summary
-from pipeline.reader import CorpusReader
-from stages.grid import PATCH_PX
-from stages.rules import Rules
-from stages.store import PATCH_COMPRESSOR
+import spectral_corpus.pipeline.build as build_module
+from spectral_corpus.catalog import synth as catalog_synth
+from spectral_corpus.catalog.bands import selected_bands
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.rasters import RASTER_FORMATS
+from spectral_corpus.catalog.scenes import OK
+from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.pipeline.info import corpus_summary
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.grid import PATCH_PX
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.stages.store import PATCH_COMPRESSOR
 
 MB = 1e6
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "spectral-corpus-bench"
@@ -89,7 +89,7 @@ VERSIONED = ("numpy", "zarr", "numcodecs", "rasterio", "dask", "distributed", "p
 
 def generator_key() -> str:
     """A short hash of the example generator's source: a cached archive is reused only if it is unchanged."""
-    return hashlib.sha256(Path(catalog.synth.__file__).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(catalog_synth.__file__).read_bytes()).hexdigest()[:12]
 
 
 def cached_products(cache: Path, replicas: int, seed: int = 0, raster_format: str | None = None) -> tuple[Path, float]:
@@ -98,7 +98,7 @@ def cached_products(cache: Path, replicas: int, seed: int = 0, raster_format: st
     ``raster_format`` writes every scene in that format (``catalog.rasters.RASTER_FORMATS``); by default
     the example's own formats (DLR's uncompressed GeoTIFF strips, scene B as a deflate COG).
     """
-    formats = None if raster_format is None else {p.label: raster_format for p in catalog.synth.scenario(replicas)}
+    formats = None if raster_format is None else {p.label: raster_format for p in catalog_synth.scenario(replicas)}
     suffix = "" if raster_format is None else f"-{raster_format}"
     root = cache / f"products-r{replicas}-s{seed}{suffix}-{generator_key()}"
     done = root / "COMPLETE"
@@ -106,7 +106,7 @@ def cached_products(cache: Path, replicas: int, seed: int = 0, raster_format: st
         return root / "archive", 0.0
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    example = catalog.synth.write_example(root, seed=seed, replicas=replicas, raster_formats=formats)
+    example = catalog_synth.write_example(root, seed=seed, replicas=replicas, raster_formats=formats)
     seconds = time.perf_counter() - started
     done.write_text(json.dumps({"products": len(example.products), "seconds": seconds}))
     return example.archive, seconds

@@ -26,8 +26,8 @@ import numcodecs
 import numpy as np
 from build_throughput import DEFAULT_CACHE, MB, cached_corpus, machine, single_threaded_blosc
 
-from pipeline.reader import CorpusReader
-from stages.store import PATCH_COMPRESSOR
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.store import PATCH_COMPRESSOR
 
 Encode = Callable[[np.ndarray], bytes]
 Decode = Callable[[bytes], np.ndarray]

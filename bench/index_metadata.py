@@ -57,13 +57,13 @@ import psutil
 from build_throughput import DEFAULT_CACHE, machine, machine_cpu
 from machine_load import system_load, wait_for_quiet
 
-import catalog.archive
-import catalog.metadata
-from catalog.archive import index_archive
-from catalog.bands import N_BANDS, REFLECTANCE_SCALE, band_table
-from catalog.metadata import Bands, ProductMetadata, metadata_xml, parse_metadata, read_metadata
-from catalog.product import ASSET_SUFFIXES, product_filename
-from catalog.scenes import OK
+from spectral_corpus.catalog import archive as catalog_archive
+from spectral_corpus.catalog import metadata as catalog_metadata
+from spectral_corpus.catalog.archive import index_archive
+from spectral_corpus.catalog.bands import N_BANDS, REFLECTANCE_SCALE, band_table
+from spectral_corpus.catalog.metadata import Bands, ProductMetadata, metadata_xml, parse_metadata, read_metadata
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, product_filename
+from spectral_corpus.catalog.scenes import OK
 
 REAL_XML = Path(
     "tests/data/real/ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z-METADATA.XML.gz"
@@ -178,7 +178,7 @@ def write_products(root: Path, n: int, padding: int, seed: int) -> list[Product]
 def cached_products(cache: Path, n: int, padding: int, seed: int) -> tuple[Path, list[Product], float]:
     """The archive of ``n`` products (generated once per N, padding, seed and generator source), and the s it took."""
     generator = [inspect.getsource(fn) for fn in (write_products, product_metadata, layout_of, order_folder)]
-    source = Path(catalog.metadata.__file__).read_text() + "".join(generator) + repr(OTHER_FILES)
+    source = Path(catalog_metadata.__file__).read_text() + "".join(generator) + repr(OTHER_FILES)
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     base = cache / f"index-n{n}-p{padding}-s{seed}-{key}"
     done = base / "COMPLETE"
@@ -246,18 +246,18 @@ def timed(fn: Callable[[], Any]) -> tuple[Timing, Any]:
 @contextmanager
 def counting_reads(counts: list[int]) -> Iterator[None]:
     """Append ``bytes_read`` of every ``read_metadata`` call ``index_archive`` makes to ``counts``."""
-    original = catalog.archive.read_metadata
+    original = catalog_archive.read_metadata
 
     def counted(stream: IO[bytes], source: str, **kwargs: Any) -> Any:
         result = original(stream, source, **kwargs)
         counts.append(result.bytes_read)
         return result
 
-    catalog.archive.read_metadata = counted  # type: ignore[assignment]
+    catalog_archive.read_metadata = counted  # type: ignore[assignment]
     try:
         yield
     finally:
-        catalog.archive.read_metadata = original
+        catalog_archive.read_metadata = original
 
 
 def drop_page_cache() -> str | None:
@@ -365,7 +365,7 @@ if spec["mode"] == "parse":
     ) / len(spec["products"])
 else:
     from pathlib import Path
-    from catalog.archive import index_archive
+    from spectral_corpus.catalog.archive import index_archive
     out["objects"] = len(gc.get_objects())
     for name, (root, n) in spec["roots"].items():
         first = cpu(lambda: index_archive(Path(root)))

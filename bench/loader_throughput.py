@@ -77,18 +77,18 @@ import torch
 from machine_load import system_load, wait_for_quiet
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-import catalog.synth
-import pipeline.export
-import stages.store
-from catalog.query import SceneQuery
-from catalog.synth import write_example
-from pipeline.build import BuildOptions, build_corpus
-from pipeline.export import export_spectralearth
-from pipeline.reader import CorpusReader
-from stages.rules import Rules
-from training import CorpusDataset, ShardAwareSampler
-from training.loader import PatchLoader
-from training.shards import PatchReader
+from spectral_corpus.catalog import synth as catalog_synth
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.synth import write_example
+from spectral_corpus.pipeline import export as pipeline_export
+from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.pipeline.export import export_spectralearth
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages import store as stages_store
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.training import CorpusDataset, ShardAwareSampler
+from spectral_corpus.training.loader import PatchLoader
+from spectral_corpus.training.shards import PatchReader
 
 try:
     import webdataset as wds  # optional: pip install -e ".[bench]"
@@ -123,9 +123,9 @@ class BenchData:
 def source_key() -> str:
     """A short hash of the sources that shape the cached data (generator, build, codec, export)."""
     digest = hashlib.sha256()
-    for module in (catalog.synth, stages.store, pipeline.export):
+    for module in (catalog_synth, stages_store, pipeline_export):
         digest.update(Path(str(module.__file__)).read_bytes())
-    digest.update((Path(str(pipeline.export.__file__)).parent / "build.py").read_bytes())
+    digest.update((Path(str(pipeline_export.__file__)).parent / "build.py").read_bytes())
     return digest.hexdigest()[:12]
 
 

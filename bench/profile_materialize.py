@@ -46,11 +46,11 @@ from build_throughput import (
 )
 from rasterio.windows import Window
 
-from catalog.bands import band_table, selected_bands
-from pipeline.reader import CorpusReader
-from stages.grid import PATCH_PX
-from stages.materialize import materialize_shard
-from stages.store import CorpusPaths, create_patch_array, sha256_file
+from spectral_corpus.catalog.bands import band_table, selected_bands
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.grid import PATCH_PX
+from spectral_corpus.stages.materialize import materialize_shard
+from spectral_corpus.stages.store import CorpusPaths, create_patch_array, sha256_file
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from catalog.query import SceneQuery
-from catalog.synth import write_example
-from pipeline.build import BuildOptions, build_corpus
-from stages.rules import Rules
-from training import CorpusDataset, ShardAwareSampler
-from training.trainer import TrainConfig, measure_throughput
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.synth import write_example
+from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.training import CorpusDataset, ShardAwareSampler
+from spectral_corpus.training.trainer import TrainConfig, measure_throughput
 
 
 class Passes(Sampler[int]):

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
-from catalog.errors import ProductError
-from catalog.hrefs import open_member
-from catalog.metadata import read_metadata
-from catalog.product import asset_key, is_product_name
-from catalog.query import SceneQuery
-from catalog.scenes import OK, SceneRecord
+from spectral_corpus.catalog.errors import ProductError
+from spectral_corpus.catalog.hrefs import open_member
+from spectral_corpus.catalog.metadata import read_metadata
+from spectral_corpus.catalog.product import asset_key, is_product_name
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import OK, SceneRecord
 
 
 def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneRecord]:

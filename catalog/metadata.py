@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, TypeVar
 
-from catalog.errors import ProductError
+from spectral_corpus.catalog.errors import ProductError
 
 #: Bytes fed to the parser at a time.
 CHUNK_BYTES = 16 * 1024

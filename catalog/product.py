@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from catalog.errors import ProductError
+from spectral_corpus.catalog.errors import ProductError
 
 _NAME = re.compile(
     r"^ENMAP01-____L2A-DT(?P<datatake>\d{10})_(?P<acquired>\d{8}T\d{6}Z)_(?P<tile>\d{3})"

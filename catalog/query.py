@@ -13,7 +13,7 @@ import geopandas as gpd
 from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 
-from catalog.scenes import SceneRecord
+from spectral_corpus.catalog.scenes import SceneRecord
 
 DEFAULT_COLLECTION = "ENMAP_HSI_L2A"
 BBox = tuple[float, float, float, float]

@@ -13,9 +13,9 @@ import pandas as pd
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from catalog.bands import N_BANDS, REFLECTANCE_SCALE
-from catalog.metadata import COVERS, ProductMetadata
-from catalog.product import ProductName
+from spectral_corpus.catalog.bands import N_BANDS, REFLECTANCE_SCALE
+from spectral_corpus.catalog.metadata import COVERS, ProductMetadata
+from spectral_corpus.catalog.product import ProductName
 
 OK = "ok"
 REJECTED = "rejected"

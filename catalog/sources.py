@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog.archive import index_archive
-from catalog.query import SceneQuery
-from catalog.scenes import SceneRecord, keep_newest
-from catalog.stac import read_static_stac, search_stac_api
+from spectral_corpus.catalog.archive import index_archive
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import SceneRecord, keep_newest
+from spectral_corpus.catalog.stac import read_static_stac, search_stac_api
 
 STATIC_SUFFIXES = (".json", ".geojson")
 

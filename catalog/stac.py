@@ -44,13 +44,13 @@ from shapely.errors import ShapelyError
 from shapely.geometry import mapping, shape
 from urllib3.util.retry import Retry
 
-from catalog.bands import N_BANDS
-from catalog.errors import ProductError, StacApiError
-from catalog.hrefs import is_local, open_local
-from catalog.metadata import read_metadata
-from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
-from catalog.query import SceneQuery
-from catalog.scenes import OK, REJECTED, STAC_ITEM, SceneRecord
+from spectral_corpus.catalog.bands import N_BANDS
+from spectral_corpus.catalog.errors import ProductError, StacApiError
+from spectral_corpus.catalog.hrefs import is_local, open_local
+from spectral_corpus.catalog.metadata import read_metadata
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import OK, REJECTED, STAC_ITEM, SceneRecord
 
 TOKEN_ENV = "SPECTRAL_CORPUS_STAC_TOKEN"
 USER_ENV = "SPECTRAL_CORPUS_STAC_USER"

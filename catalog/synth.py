@@ -26,10 +26,10 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from catalog.bands import N_BANDS, NODATA, REFLECTANCE_SCALE, band_table
-from catalog.metadata import Bands, ProductMetadata, metadata_xml, projection_name
-from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, product_filename
-from catalog.rasters import encode_raster
+from spectral_corpus.catalog.bands import N_BANDS, NODATA, REFLECTANCE_SCALE, band_table
+from spectral_corpus.catalog.metadata import Bands, ProductMetadata, metadata_xml, projection_name
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, product_filename
+from spectral_corpus.catalog.rasters import encode_raster
 
 COLLECTION_ID = "ENMAP_HSI_L2A"
 PIXEL_M = 30

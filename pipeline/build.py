@@ -30,22 +30,22 @@ import pandas as pd
 from distributed import Client, LocalCluster, as_completed
 from tqdm import tqdm
 
-from catalog.bands import band_table, selected_bands
-from catalog.query import SceneQuery
-from catalog.scenes import OK, read_scene_table, records_from_table, scene_table, write_scene_table
-from catalog.sources import find_scenes
-from pipeline import tables
-from pipeline.lock import writer_lock
-from pipeline.reader import CorpusReader
-from stages.commit import VersionTables, commit_version, read_current
-from stages.failpoints import failpoint
-from stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
-from stages.materialize import SceneReadError, ShardResult, materialize_shard, shard_marker
-from stages.plan import Plan, plan_corpus
-from stages.rules import Rules
-from stages.splits import assign_splits
-from stages.stats import Moments, merge_all, moments_key, shard_moments
-from stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
+from spectral_corpus.catalog.bands import band_table, selected_bands
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import OK, read_scene_table, records_from_table, scene_table, write_scene_table
+from spectral_corpus.catalog.sources import find_scenes
+from spectral_corpus.pipeline import tables
+from spectral_corpus.pipeline.lock import writer_lock
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.commit import VersionTables, commit_version, read_current
+from spectral_corpus.stages.failpoints import failpoint
+from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
+from spectral_corpus.stages.materialize import SceneReadError, ShardResult, materialize_shard, shard_marker
+from spectral_corpus.stages.plan import Plan, plan_corpus
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.stages.splits import assign_splits
+from spectral_corpus.stages.stats import Moments, merge_all, moments_key, shard_moments
+from spectral_corpus.stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
 
 
 class BuildError(RuntimeError):
@@ -98,7 +98,7 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
 
 def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str:
     """Why no observation came of ``scenes``: rejections by reason, then dropped patches by rule."""
-    from pipeline.info import reason_group
+    from spectral_corpus.pipeline.info import reason_group
 
     rejected = scenes[scenes["status"] != OK]
     lines = [f"no observations: {len(rejected)} of {len(scenes)} scenes were rejected"]

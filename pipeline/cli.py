@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catalog.query import SceneQuery
-from catalog.rasters import RASTER_FORMATS
-from stages.rules import Rules
-from training.train_cli import add_train_parser
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.rasters import RASTER_FORMATS
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.training.train_cli import add_train_parser
 
 if TYPE_CHECKING:
-    from pipeline.build import BuildOptions
+    from spectral_corpus.pipeline.build import BuildOptions
 
 log = logging.getLogger("spectral_corpus")
 MIN_QUALITY_GONE = (
@@ -194,7 +194,7 @@ def _rules(args: argparse.Namespace) -> Rules:
 
 def _source_options(args: argparse.Namespace, out: Path, rules: Rules) -> BuildOptions:
     """What ``build`` and ``extend`` read (source, query, cluster, progress) and where they publish."""
-    from pipeline.build import BuildOptions
+    from spectral_corpus.pipeline.build import BuildOptions
 
     return BuildOptions(
         source=args.source,
@@ -216,14 +216,14 @@ def _published(corpus: Path, manifest: dict[str, Any]) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from pipeline.build import build_corpus
+    from spectral_corpus.pipeline.build import build_corpus
 
     print(_published(args.out, build_corpus(_source_options(args, args.out, _rules(args)))))
     return 0
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from pipeline.build import extend_corpus
+    from spectral_corpus.pipeline.build import extend_corpus
 
     options = _source_options(args, args.corpus, Rules())  # the rules are replaced by the corpus's own
     result = extend_corpus(options, dry_run=args.dry_run)
@@ -237,7 +237,7 @@ def _extend(args: argparse.Namespace) -> int:
 
 
 def _resplit(args: argparse.Namespace) -> int:
-    from pipeline.build import BuildOptions, resplit_corpus
+    from spectral_corpus.pipeline.build import BuildOptions, resplit_corpus
 
     options = BuildOptions(
         source="",
@@ -259,7 +259,7 @@ def _resplit(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from pipeline.reader import list_versions
+    from spectral_corpus.pipeline.reader import list_versions
 
     rows = list_versions(args.corpus)
     if args.json:
@@ -276,8 +276,8 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from pipeline.info import corpus_summary, format_summary
-    from pipeline.reader import CorpusReader
+    from spectral_corpus.pipeline.info import corpus_summary, format_summary
+    from spectral_corpus.pipeline.reader import CorpusReader
 
     summary = corpus_summary(CorpusReader(args.corpus, args.version))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -285,8 +285,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.reader import CorpusReader
-    from pipeline.verify import verify_corpus
+    from spectral_corpus.pipeline.reader import CorpusReader
+    from spectral_corpus.pipeline.verify import verify_corpus
 
     reader = CorpusReader(args.corpus, args.version)
     problems = verify_corpus(reader)
@@ -302,8 +302,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pipeline.export import export_spectralearth
-    from pipeline.reader import CorpusReader
+    from spectral_corpus.pipeline.export import export_spectralearth
+    from spectral_corpus.pipeline.reader import CorpusReader
 
     count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=True)
     print(f"wrote {count} patches to {args.dest / 'enmap'}")
@@ -311,7 +311,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from catalog.synth import SCENARIO, write_bad_products, write_example
+    from spectral_corpus.catalog.synth import SCENARIO, write_bad_products, write_example
 
     formats = {plan.label: args.raster_format for plan in SCENARIO} if args.raster_format else None
     example = write_example(args.outdir, seed=args.seed, replicas=args.replicas, raster_formats=formats)
@@ -322,10 +322,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from catalog.synth import write_example
-    from pipeline.build import BuildOptions, build_corpus
-    from pipeline.info import corpus_summary, format_summary
-    from pipeline.reader import CorpusReader
+    from spectral_corpus.catalog.synth import write_example
+    from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+    from spectral_corpus.pipeline.info import corpus_summary, format_summary
+    from spectral_corpus.pipeline.reader import CorpusReader
 
     products, corpus = args.directory / "products", args.directory / "corpus"
     if (corpus / "CURRENT").exists():

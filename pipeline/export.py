@@ -12,9 +12,9 @@ import numpy as np
 import rasterio
 from tqdm import tqdm
 
-from catalog.bands import NODATA
-from pipeline.reader import CorpusReader
-from stages.grid import PATCH_PX, cell_transform
+from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.grid import PATCH_PX, cell_transform
 
 
 def export_spectralearth(reader: CorpusReader, dest: Path, progress: bool = False) -> int:

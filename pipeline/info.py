@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from catalog.bands import N_BANDS, band_table
-from catalog.scenes import OK
-from pipeline.reader import CorpusReader
-from stages.plan import DROP_REASONS
+from spectral_corpus.catalog.bands import N_BANDS, band_table
+from spectral_corpus.catalog.scenes import OK
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.plan import DROP_REASONS
 
 #: How rejection reasons are grouped in the summary: (substring of the reason, group), first match wins.
 REASON_GROUPS = (

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from stages.store import FORMAT_NAME, FORMAT_VERSION, PATCHES, CorpusPaths
+from spectral_corpus.stages.store import FORMAT_NAME, FORMAT_VERSION, PATCHES, CorpusPaths
 
 
 class CorpusError(ValueError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
-from stages.inspect import InspectResult
-from stages.plan import KEY, Plan
-from stages.rules import FLAGS
+from spectral_corpus.catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
+from spectral_corpus.stages.inspect import InspectResult
+from spectral_corpus.stages.plan import KEY, Plan
+from spectral_corpus.stages.rules import FLAGS
 
 PATCH_PIXELS = 128 * 128
 OBSERVATION_COLUMNS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.reader import CorpusReader
-from stages.commit import TABLES
-from stages.store import sha256_file
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.commit import TABLES
+from spectral_corpus.stages.store import sha256_file
 
 
 def verify_corpus(reader: CorpusReader) -> list[str]:

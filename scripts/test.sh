@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/provision.sh
 python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 ruff check .
-mypy catalog stages pipeline training
+mypy -p spectral_corpus
 python -m pytest "$@"

@@ -15,8 +15,8 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
-from stages.failpoints import failpoint
-from stages.store import FORMAT_NAME, FORMAT_VERSION, CorpusPaths, sha256_file, write_json_atomic
+from spectral_corpus.stages.failpoints import failpoint
+from spectral_corpus.stages.store import FORMAT_NAME, FORMAT_VERSION, CorpusPaths, sha256_file, write_json_atomic
 
 TABLES = ("scenes", "locations", "observations", "candidates", "shards", "moments", "retired")
 

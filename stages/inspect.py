@@ -18,13 +18,13 @@ import pandas as pd
 import rasterio
 from rasterio.errors import RasterioError
 
-from catalog.bands import N_BANDS, NODATA
-from catalog.errors import ProductError
-from catalog.hrefs import local_size
-from catalog.metadata import projection_name
-from catalog.product import REQUIRED_QUALITY
-from catalog.scenes import METADATA_XML, OK, REJECTED, SceneRecord
-from stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
+from spectral_corpus.catalog.bands import N_BANDS, NODATA
+from spectral_corpus.catalog.errors import ProductError
+from spectral_corpus.catalog.hrefs import local_size
+from spectral_corpus.catalog.metadata import projection_name
+from spectral_corpus.catalog.product import REQUIRED_QUALITY
+from spectral_corpus.catalog.scenes import METADATA_XML, OK, REJECTED, SceneRecord
+from spectral_corpus.stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
 #: Columns of the candidate table (one row per grid cell wholly inside a scene).
 CANDIDATE_COLUMNS = [

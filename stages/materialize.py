@@ -18,10 +18,10 @@ import zarr
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from catalog.bands import NODATA
-from stages.grid import PATCH_PX
-from stages.stats import moments_key, moments_of
-from stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
+from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.stages.grid import PATCH_PX
+from spectral_corpus.stages.stats import moments_key, moments_of
+from spectral_corpus.stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
 
 
 class SceneReadError(OSError):

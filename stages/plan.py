@@ -13,9 +13,9 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
-from stages.grid import CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
-from stages.rules import Rules
-from stages.splits import assign_splits
+from spectral_corpus.stages.grid import CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
+from spectral_corpus.stages.rules import Rules
+from spectral_corpus.stages.splits import assign_splits
 
 KEY = ["epsg", "ix", "iy"]
 #: Reasons an observation is dropped, in the order they are decided.

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from catalog.bands import NODATA
-from stages.store import PATCHES, CorpusPaths
+from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.stages.store import PATCHES, CorpusPaths
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 
-from stages.grid import PATCH_PX
+from spectral_corpus.stages.grid import PATCH_PX
 
 FORMAT_NAME = "spectral-corpus"
 FORMAT_VERSION = 1

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from catalog.query import SceneQuery
-from catalog.synth import Example, write_example
-from pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.synth import Example, write_example
+from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.stages.rules import Rules
 from stac_server import stac_api
-from stages.rules import Rules
 
 #: Small shards so the example corpus spans several of them.
 TEST_RULES = Rules(shard_size=4, split_block_cells=1)

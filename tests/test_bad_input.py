@@ -29,10 +29,12 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 
-from catalog.metadata import Bands, metadata_xml, parse_metadata
-from catalog.product import ProductName, product_filename
-from catalog.query import SceneQuery
-from catalog.stac import (
+from conftest import build
+from fault_proxy import Fault, FaultProxy
+from spectral_corpus.catalog.metadata import Bands, metadata_xml, parse_metadata
+from spectral_corpus.catalog.product import ProductName, product_filename
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.stac import (
     BACKOFF_ENV,
     MAX_WAIT_ENV,
     PASSWORD_ENV,
@@ -44,15 +46,13 @@ from catalog.stac import (
     record_from_item,
     search_stac_api,
 )
-from catalog.synth import SCENARIO, Example
-from conftest import build
-from fault_proxy import Fault, FaultProxy
-from pipeline.build import BuildError, BuildOptions, build_corpus
-from pipeline.cli import main
-from pipeline.info import corpus_summary, reason_group
-from pipeline.reader import CorpusError, CorpusReader
-from stages.inspect import inspect_scene
-from stages.rules import Rules
+from spectral_corpus.catalog.synth import SCENARIO, Example
+from spectral_corpus.pipeline.build import BuildError, BuildOptions, build_corpus
+from spectral_corpus.pipeline.cli import main
+from spectral_corpus.pipeline.info import corpus_summary, reason_group
+from spectral_corpus.pipeline.reader import CorpusError, CorpusReader
+from spectral_corpus.stages.inspect import inspect_scene
+from spectral_corpus.stages.rules import Rules
 from test_build import EXPECTED
 
 E_PLAN = next(plan for plan in SCENARIO if plan.label == "E")

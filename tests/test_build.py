@@ -13,16 +13,16 @@ import rasterio
 import xarray as xr
 from rasterio.windows import from_bounds
 
-from catalog.bands import selected_bands
-from catalog.query import SceneQuery
-from catalog.synth import Example
 from conftest import TEST_RULES, build, kill_after_first_shard
-from pipeline.build import BuildOptions, build_corpus
-from pipeline.cli import main
-from pipeline.info import corpus_summary
-from pipeline.reader import CorpusReader
-from pipeline.verify import verify_corpus
-from stages.rules import Rules
+from spectral_corpus.catalog.bands import selected_bands
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.synth import Example
+from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.pipeline.cli import main
+from spectral_corpus.pipeline.info import corpus_summary
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.pipeline.verify import verify_corpus
+from spectral_corpus.stages.rules import Rules
 
 # What the example scenario makes (catalog/synth.py): 5 scenes of 2 x 2 cells in UTM 32N, one in 33N,
 # an older processor version of one of them, and one event per cell testing a rule on either side.
@@ -161,7 +161,7 @@ def test_rule_options_move_the_thresholds(example: Example, tmp_path: Path) -> N
 
 
 def test_bad_products_are_skipped_with_reasons(tmp_path: Path) -> None:
-    from catalog.synth import write_bad_products, write_example
+    from spectral_corpus.catalog.synth import write_bad_products, write_example
 
     example = write_example(tmp_path / "products", seed=1)
     write_bad_products(example.archive, seed=1)
@@ -204,7 +204,7 @@ def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus
     command = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "spectral_corpus.pipeline.cli",
         "build",
         "--source",
         str(example.archive),
@@ -240,7 +240,7 @@ def test_max_quality_keeps_nominal_scenes_and_the_old_option_is_refused(
 
 
 def test_a_build_that_makes_nothing_fails_first_and_says_why(tmp_path: Path, capsys) -> None:
-    from catalog.synth import write_bad_products
+    from spectral_corpus.catalog.synth import write_bad_products
 
     archive = tmp_path / "archive"
     write_bad_products(archive)  # 9001 truncated, 9002 no METADATA.XML, 9003 unsafe ZIP, 9004 200 bands
@@ -265,7 +265,7 @@ def test_info_says_how_far_scene_band_centres_deviate(corpus: Path, capsys) -> N
 
 
 def test_nothing_built_says_what_dropped_the_patches() -> None:
-    from pipeline.build import _nothing_built
+    from spectral_corpus.pipeline.build import _nothing_built
 
     scenes = pd.DataFrame(
         {"product": ["p1", "p2"], "status": ["ok", "rejected"], "reason": ["", "/x: file is truncated"]}

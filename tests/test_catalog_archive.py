@@ -18,13 +18,13 @@ import rasterio
 from affine import Affine
 from shapely.geometry import box
 
-from catalog.archive import index_archive
-from catalog.bands import N_BANDS, band_table
-from catalog.metadata import Bands, ProductMetadata, metadata_xml
-from catalog.product import ProductName, product_filename
-from catalog.query import SceneQuery
-from catalog.scenes import OK, REJECTED, SceneRecord
-from catalog.sources import find_scenes
+from spectral_corpus.catalog.archive import index_archive
+from spectral_corpus.catalog.bands import N_BANDS, band_table
+from spectral_corpus.catalog.metadata import Bands, ProductMetadata, metadata_xml
+from spectral_corpus.catalog.product import ProductName, product_filename
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import OK, REJECTED, SceneRecord
+from spectral_corpus.catalog.sources import find_scenes
 
 EPSG = 32633
 FILES = ("image", "quality_cloud", "pixelmask")

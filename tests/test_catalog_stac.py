@@ -20,11 +20,12 @@ from pystac_client.conformance import ConformanceClasses
 from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry import box
 
-from catalog.errors import StacApiError
-from catalog.query import SceneQuery
-from catalog.scenes import OK, REJECTED, SceneRecord
-from catalog.sources import find_scenes
-from catalog.stac import (
+from fault_proxy import send_reply
+from spectral_corpus.catalog.errors import StacApiError
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.scenes import OK, REJECTED, SceneRecord
+from spectral_corpus.catalog.sources import find_scenes
+from spectral_corpus.catalog.stac import (
     NO_IMAGE,
     PASSWORD_ENV,
     TOKEN_ENV,
@@ -34,7 +35,6 @@ from catalog.stac import (
     record_from_item,
     search_stac_api,
 )
-from fault_proxy import send_reply
 from stac_server import stac_api
 
 COLLECTION = "ENMAP_HSI_L2A"

@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from catalog.product import is_product_name
-from catalog.query import SceneQuery
-from catalog.synth import Example
 from conftest import TEST_RULES, build, kill_after_first_shard
-from pipeline.build import BuildOptions, extend_corpus
-from pipeline.cli import main
-from pipeline.lock import writer_lock
-from pipeline.reader import CorpusReader
-from pipeline.verify import verify_corpus
-from stages.failpoints import ENV
-from stages.store import sha256_file
+from spectral_corpus.catalog.product import is_product_name
+from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.synth import Example
+from spectral_corpus.pipeline.build import BuildOptions, extend_corpus
+from spectral_corpus.pipeline.cli import main
+from spectral_corpus.pipeline.lock import writer_lock
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.pipeline.verify import verify_corpus
+from spectral_corpus.stages.failpoints import ENV
+from spectral_corpus.stages.store import sha256_file
 
 #: Left out of the first build: the reprocessed D and the zone-33 scene E.
 LATER = ("_V010500_", "-DT0000001004_")
@@ -58,7 +58,7 @@ def _extend_command(corpus: Path, source: Path, *options: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "spectral_corpus.pipeline.cli",
         "extend",
         "--corpus",
         str(corpus),
@@ -260,7 +260,7 @@ def test_extension_killed_after_publishing_is_finished_by_a_rerun(
 READER = textwrap.dedent(
     """
     import hashlib, json, sys, time
-    from training import CorpusDataset
+    from spectral_corpus.training import CorpusDataset
 
     corpus, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     dataset = CorpusDataset(corpus, split=None, unit="observation", version=1, normalize=False)

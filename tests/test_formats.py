@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from catalog.rasters import RASTER_FORMATS
-from catalog.synth import SCENARIO, write_example
 from conftest import build
-from pipeline.reader import CorpusReader
+from spectral_corpus.catalog.rasters import RASTER_FORMATS
+from spectral_corpus.catalog.synth import SCENARIO, write_example
+from spectral_corpus.pipeline.reader import CorpusReader
 
 #: The other formats, one per scene (C and E are ZIPs: ENVI and JPEG2000 are read inside ZIPs too).
 OTHER_FORMATS = {"A": "BSQ", "B": "BIL", "C": "BIP", "D": "JP2", "E": "JP2"}

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from catalog.bands import band_table
-from pipeline.reader import CorpusReader
-from training import CorpusDataset, ShardAwareSampler
-from training.loader import PatchLoader
-from training.transforms import Compose, RandomFlip, RandomResizedCrop, RandomRot90
+from spectral_corpus.catalog.bands import band_table
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.training import CorpusDataset, ShardAwareSampler
+from spectral_corpus.training.loader import PatchLoader
+from spectral_corpus.training.transforms import Compose, RandomFlip, RandomResizedCrop, RandomRot90
 
 AUGMENT = Compose([RandomResizedCrop(64), RandomFlip(), RandomRot90()])
 
@@ -266,7 +266,7 @@ def test_patch_reader_equals_zarr_and_checks_the_shard_index(corpus: Path, tmp_p
 
     import zarr
 
-    from training.shards import PatchReader
+    from spectral_corpus.training.shards import PatchReader
 
     reader = PatchReader(corpus / "patches.zarr" / "patches")
     array = zarr.open_array(corpus / "patches.zarr", path="patches", mode="r")
@@ -282,7 +282,7 @@ def test_patch_reader_equals_zarr_and_checks_the_shard_index(corpus: Path, tmp_p
 def test_patch_reader_falls_back_to_zarr_for_other_layouts(tmp_path: Path) -> None:
     import zarr
 
-    from training.shards import PatchReader
+    from spectral_corpus.training.shards import PatchReader
 
     values = np.arange(2 * 3 * 4 * 4, dtype=np.int16).reshape(2, 3, 4, 4)
     array = zarr.create_array(tmp_path / "plain", shape=values.shape, chunks=(1, 3, 4, 4), dtype="int16")

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import ProductError
-from catalog.hrefs import open_member
-from catalog.metadata import CHUNK_BYTES, TAIL_BYTES, metadata_xml, parse_metadata, projection_epsg, read_metadata
-from catalog.synth import SCENARIO, Landscape, _render
+from spectral_corpus.catalog.errors import ProductError
+from spectral_corpus.catalog.hrefs import open_member
+from spectral_corpus.catalog.metadata import (
+    CHUNK_BYTES,
+    TAIL_BYTES,
+    metadata_xml,
+    parse_metadata,
+    projection_epsg,
+    read_metadata,
+)
+from spectral_corpus.catalog.synth import SCENARIO, Landscape, _render
 
 REAL = Path(__file__).parent / "data" / "real"
 REAL_NAME = "ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z"

@@ -7,10 +7,10 @@ import pytest
 from affine import Affine
 from pyproj import CRS
 
-from stages.grid import CELL_M, GridError, cell_origin, cell_windows, central_meridian, check_lattice
-from stages.inspect import CANDIDATE_COLUMNS
-from stages.plan import plan_corpus, zone_overlap_losers
-from stages.rules import Rules
+from spectral_corpus.stages.grid import CELL_M, GridError, cell_origin, cell_windows, central_meridian, check_lattice
+from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS
+from spectral_corpus.stages.plan import plan_corpus, zone_overlap_losers
+from spectral_corpus.stages.rules import Rules
 
 
 def test_cells_wholly_inside_a_raster_and_their_pixel_windows() -> None:

@@ -12,8 +12,8 @@ from affine import Affine
 from rasterio.enums import Compression, Interleaving
 from rasterio.windows import Window
 
-from catalog.product import ASSET_SUFFIXES, asset_key
-from catalog.rasters import RASTER_FORMATS, encode_raster
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, asset_key
+from spectral_corpus.catalog.rasters import RASTER_FORMATS, encode_raster
 
 PRODUCT = "ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z"
 #: 30 m pixels whose corners lie at 15 mod 30 m, as on EnMAP's grid.

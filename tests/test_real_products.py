@@ -17,16 +17,16 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.features import geometry_mask
 
-from catalog.archive import index_archive
-from catalog.bands import N_BANDS, NODATA, band_table, selected_bands
-from catalog.metadata import parse_metadata
-from catalog.product import ASSET_SUFFIXES, product_filename
-from catalog.rasters import encode_raster
-from catalog.scenes import OK, REJECTED
-from catalog.stac import record_from_item
 from conftest import TEST_RULES, build
-from pipeline.reader import CorpusReader
-from stages.grid import PATCH_PX, PIXEL_M
+from spectral_corpus.catalog.archive import index_archive
+from spectral_corpus.catalog.bands import N_BANDS, NODATA, band_table, selected_bands
+from spectral_corpus.catalog.metadata import parse_metadata
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, product_filename
+from spectral_corpus.catalog.rasters import encode_raster
+from spectral_corpus.catalog.scenes import OK, REJECTED
+from spectral_corpus.catalog.stac import record_from_item
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.stages.grid import PATCH_PX, PIXEL_M
 
 REAL = Path(__file__).parent / "data" / "real"
 XML_PRODUCT = "ENMAP01-____L2A-DT0000326721_20170626T102020Z_001_V000204_20200406T201930Z"
@@ -139,7 +139,7 @@ def real_item() -> dict[str, object]:
 
 def write_item_product(archive: Path) -> Path:
     """The item's product as a local folder: METADATA.XML from what the item says, rasters on its grid."""
-    from catalog.metadata import Bands, ProductMetadata, metadata_xml, parse_time
+    from spectral_corpus.catalog.metadata import Bands, ProductMetadata, metadata_xml, parse_time
 
     item = real_item()
     props, image = item["properties"], item["assets"]["image"]  # type: ignore[index]

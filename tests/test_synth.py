@@ -18,10 +18,10 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.errors import RasterioIOError
 
-from catalog.bands import N_BANDS, NODATA, band_table
-from catalog.metadata import parse_metadata
-from catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, product_filename
-from catalog.synth import (
+from spectral_corpus.catalog.bands import N_BANDS, NODATA, band_table
+from spectral_corpus.catalog.metadata import parse_metadata
+from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, product_filename
+from spectral_corpus.catalog.synth import (
     CELL_M,
     COLLECTION_ID,
     FATES,

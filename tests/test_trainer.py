@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.reader import CorpusReader
-from training.mae import MAE, random_masking
-from training.moco import random_view
-from training.models import (
+from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.training.mae import MAE, random_masking
+from spectral_corpus.training.moco import random_view
+from spectral_corpus.training.models import (
     Attention,
     EncoderConfig,
     SpectralAdapter,
@@ -29,8 +29,8 @@ from training.models import (
     save_encoder,
     vit_small,
 )
-from training.train_cli import main as train_main
-from training.trainer import (
+from spectral_corpus.training.train_cli import main as train_main
+from spectral_corpus.training.trainer import (
     CHECKPOINT,
     ENCODER,
     LOG,
@@ -200,7 +200,7 @@ def test_gpu_benchmark_script_runs_on_the_cpu(corpus: Path, tmp_path: Path) -> N
 
 DDP_SCRIPT = """
 import json, os, sys
-from training.trainer import SyntheticDataset, TrainConfig, default_sampler, train
+from spectral_corpus.training.trainer import SyntheticDataset, TrainConfig, default_sampler, train
 
 class Recording:
     def __init__(self, inner):
@@ -240,7 +240,7 @@ def torchrun_two(*args: str, timeout: float) -> subprocess.CompletedProcess[str]
 def test_torchrun_trains_on_a_corpus_with_the_patch_loader(corpus: Path, tmp_path: Path) -> None:
     options = ["--corpus", str(corpus), "--device", "cpu", "--out", str(tmp_path), "--batch-size", "1"]
     options += ["--max-steps", "2", "--log-every", "1", "--num-workers", "1", "--image-size", "16", "--token-size", "4"]
-    done = torchrun_two("-m", "training.train_cli", *options, timeout=300)
+    done = torchrun_two("-m", "spectral_corpus.training.train_cli", *options, timeout=300)
     assert [r["step"] for r in records(tmp_path)] == [1, 2]
     assert json.loads(done.stdout)["step"] == 2
 

@@ -11,15 +11,15 @@ __all__ = ["CorpusDataset", "PatchLoader", "ShardAwareSampler"]
 def __getattr__(name: str) -> Any:
     """Import the torch-based parts on first use, so ``training.config`` stays light."""
     if name == "CorpusDataset":
-        from training.dataset import CorpusDataset
+        from spectral_corpus.training.dataset import CorpusDataset
 
         return CorpusDataset
     if name == "PatchLoader":
-        from training.loader import PatchLoader
+        from spectral_corpus.training.loader import PatchLoader
 
         return PatchLoader
     if name == "ShardAwareSampler":
-        from training.sampler import ShardAwareSampler
+        from spectral_corpus.training.sampler import ShardAwareSampler
 
         return ShardAwareSampler
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, get_worker_info
 
-from training.shards import PatchReader
+from spectral_corpus.training.shards import PatchReader
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _UNITS = ("location", "observation")

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from training.dataset import CorpusDataset
-from training.sampler import ShardAwareSampler
+from spectral_corpus.training.dataset import CorpusDataset
+from spectral_corpus.training.sampler import ShardAwareSampler
 
 #: The ring holds raw counts; torch puts shared memory for workers in this file system.
 RING_DTYPE = torch.int16

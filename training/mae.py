@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models import Block, Encoder, VisionTransformer, grid_pos_embed, sincos_pos_embed
+from spectral_corpus.training.models import Block, Encoder, VisionTransformer, grid_pos_embed, sincos_pos_embed
 
 
 def random_masking(

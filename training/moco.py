@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models import Encoder
+from spectral_corpus.training.models import Encoder
 
 
 def projection_head(in_features: int, hidden: int = 2048, dim: int = 128) -> nn.Sequential:

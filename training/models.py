@@ -6,7 +6,7 @@ bands into 128 channels; a 2D backbone then sees an ordinary 128-channel image.
 
 A trained encoder is saved with :func:`save_encoder` and loaded without the trainer::
 
-    from training.models import load_encoder
+    from spectral_corpus.training.models import load_encoder
     encoder = load_encoder("runs/mae/encoder.pt")   # eval mode, on the CPU
     features = encoder(images)                      # (B, 384) for vit_s, (B, 2048) for resnet50
     tokens = encoder.backbone.forward_features(encoder.adapter(images))  # ViT: (B, N, 384) per-token
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import BACKBONES
+from spectral_corpus.training.config import BACKBONES
 
 #: Backbone names accepted by :class:`EncoderConfig`.
 

@@ -1,7 +1,8 @@
-"""The ``train`` sub-command, for ``spectral-corpus train`` and, under ``torchrun``, ``python -m training.train_cli``::
+"""The ``train`` sub-command: ``spectral-corpus train``, or under ``torchrun`` its module entry point::
 
     spectral-corpus train --corpus CORPUS --method mae --backbone vit_s --out runs/mae
-    torchrun --nproc_per_node 4 -m training.train_cli --corpus CORPUS --method moco --backbone resnet50 --out runs/moco
+    torchrun --nproc_per_node 4 -m spectral_corpus.training.train_cli --corpus CORPUS --method moco \
+        --backbone resnet50 --out runs/moco
 
 ``--synthetic N`` trains on N generated patches instead of a corpus (smoke tests, benchmarks).
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from training.config import BACKBONES, VIEW_KEYS, TrainConfig
+from spectral_corpus.training.config import BACKBONES, VIEW_KEYS, TrainConfig
 
 HELP = "Pretrain a spectral adapter + ViT-S / ResNet-50 encoder with MAE or MoCo-v2."
 #: Side of ``--synthetic`` patches when ``--image-size`` is not given.
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train as the options say; rank 0 prints the final metrics as JSON."""
-    from training.trainer import SyntheticDataset, train  # torch is loaded only when training
+    from spectral_corpus.training.trainer import SyntheticDataset, train  # torch is loaded only when training
 
     logging.getLogger("training").setLevel(logging.INFO)
     config = config_from_args(args)
@@ -97,8 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m training.train_cli``, e.g. under ``torchrun``)."""
-    parser = argparse.ArgumentParser(prog="python -m training.train_cli", description=HELP)
+    """Standalone entry point (``python -m spectral_corpus.training.train_cli``, e.g. under ``torchrun``)."""
+    parser = argparse.ArgumentParser(prog="python -m spectral_corpus.training.train_cli", description=HELP)
     add_train_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

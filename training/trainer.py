@@ -36,10 +36,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from training.config import VIEW_KEYS, TrainConfig
-from training.mae import MAE
-from training.moco import MoCo
-from training.models import EncoderConfig, build_encoder, save_encoder
+from spectral_corpus.training.config import VIEW_KEYS, TrainConfig
+from spectral_corpus.training.mae import MAE
+from spectral_corpus.training.moco import MoCo
+from spectral_corpus.training.models import EncoderConfig, build_encoder, save_encoder
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,14 @@ def corpus_dataset(config: TrainConfig) -> Dataset[dict[str, Any]]:
     """The corpus's training split with as many views as ``config.method`` needs."""
     if config.corpus is None:
         raise ValueError("no training data: set the corpus or pass a dataset")
-    from training.dataset import CorpusDataset
+    from spectral_corpus.training.dataset import CorpusDataset
 
     return CorpusDataset(config.corpus, split="train", views=len(VIEW_KEYS[config.method]))
 
 
 def shard_aware_sampler(dataset: Any, rank: int, world_size: int, seed: int) -> Sampler[int]:
     """The corpus loader's sampler: shuffled shards, then items within them, split by rank."""
-    from training.sampler import ShardAwareSampler
+    from spectral_corpus.training.sampler import ShardAwareSampler
 
     return ShardAwareSampler(dataset, shuffle=True, seed=seed, rank=rank, world_size=world_size)
 
@@ -357,8 +357,8 @@ class _Trainer:
 
     def _loader(self) -> Iterable[dict[str, Tensor]]:
         """The corpus's :class:`PatchLoader` (normalising on the device), or a DataLoader for other datasets."""
-        from training.dataset import CorpusDataset
-        from training.loader import PatchLoader
+        from spectral_corpus.training.dataset import CorpusDataset
+        from spectral_corpus.training.loader import PatchLoader
 
         workers, size = self.config.num_workers, self.config.batch_size
         options: dict[str, Any] = {"num_workers": workers, "drop_last": True, "persistent_workers": workers > 0}
