@@ -18,7 +18,7 @@ REFLECTANCE_SCALE = 1e-4
 @cache
 def band_table() -> pd.DataFrame:
     """All 224 bands: ``band`` (1-based), ``center_nm``, ``fwhm_nm``, ``kept_202`` (bool)."""
-    with files("catalog").joinpath("data/enmap_bands.csv").open() as f:
+    with files(__package__).joinpath("data/enmap_bands.csv").open() as f:
         table = pd.read_csv(f)
     table["kept_202"] = table["kept_202"].astype(bool)
     return table

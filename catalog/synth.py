@@ -320,7 +320,7 @@ def _transformer(source: int, target: int) -> Transformer:
 @cache
 def _library() -> tuple[np.ndarray, tuple[str, ...]]:
     """The library's spectra as reflectance on the 224 EnMAP band centres, and their level_1 classes."""
-    with files("catalog").joinpath("data/berlin_urban_spectral_library.csv").open() as f:
+    with files(__package__).joinpath("data/berlin_urban_spectral_library.csv").open() as f:
         table = pd.read_csv(f)
     wavelengths = table.columns[4:].astype(float).to_numpy()
     centres = _centres_nm()

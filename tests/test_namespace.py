@@ -37,3 +37,15 @@ def test_no_generic_top_level_names_are_installed(tmp_path: Path) -> None:
 def test_the_subpackages_live_in_the_repository_folders() -> None:
     root = Path(spectral_corpus.__file__).resolve().parent.parent
     assert Path(config.__file__).resolve() == root / "training" / "config.py"
+
+
+def test_package_data_is_found_from_any_folder(tmp_path: Path) -> None:
+    done = run_python(
+        "from importlib.resources import files\n"
+        "from spectral_corpus.catalog.bands import band_table\n"
+        "data = files('spectral_corpus.catalog') / 'data'\n"
+        "print(len(band_table()), (data / 'berlin_urban_spectral_library.csv').is_file())",
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["224", "True"]

@@ -85,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Train as the options say; rank 0 prints the final metrics as JSON."""
     from spectral_corpus.training.trainer import SyntheticDataset, train  # torch is loaded only when training
 
-    logging.getLogger("training").setLevel(logging.INFO)
+    logging.getLogger("spectral_corpus.training").setLevel(logging.INFO)
     config = config_from_args(args)
     dataset = None  # the corpus's train split, read by the trainer (training.dataset.CorpusDataset)
     if args.synthetic:
