@@ -33,6 +33,7 @@ class TrainConfig:
     #: ViT token size in pixels.
     token_size: int = 16
     mask_ratio: float = 0.9
+    #: Seeds the weights, the shuffle, the dataset's per-item draws and each step's crops, masks and views.
     seed: int = 0
     #: Optimizer steps to run (overrides ``epochs``).
     max_steps: int | None = None

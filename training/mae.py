@@ -15,16 +15,20 @@ from spectral_corpus.training.models import Block, Encoder, VisionTransformer, g
 
 
 def random_masking(
-    batch: int, tokens: int, mask_ratio: float, device: torch.device | None = None
+    batch: int,
+    tokens: int,
+    mask_ratio: float,
+    device: torch.device | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample random split of token indices: ``(keep, masked)``, ``round(mask_ratio * tokens)`` masked.
 
-    At least one token is always kept.
+    At least one token is always kept. The draw comes from ``generator`` (on ``device``), the global RNG without one.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask ratio must lie in [0, 1), got {mask_ratio}")
     n_masked = min(round(mask_ratio * tokens), tokens - 1)
-    order = torch.rand(batch, tokens, device=device).argsort(dim=1)
+    order = torch.rand(batch, tokens, device=device, generator=generator).argsort(dim=1)
     return order[:, : tokens - n_masked], order[:, tokens - n_masked :]
 
 
@@ -79,11 +83,14 @@ class MAE(nn.Module):
         assert isinstance(backbone, VisionTransformer)  # checked in __init__
         return backbone
 
-    def forward(self, image: Tensor) -> Tensor:
-        """Mean squared error on the masked tokens of a normalised batch ``(B, bands, H, W)``."""
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean squared error on the masked tokens of a normalised batch ``(B, bands, H, W)``.
+
+        ``generator`` (on ``image``'s device) draws the mask; the global RNG without one.
+        """
         tokens = self.vit.embed(self.encoder.adapter(image))
         b, n, _ = tokens.shape
-        keep, masked = random_masking(b, n, self.mask_ratio, tokens.device)
+        keep, masked = random_masking(b, n, self.mask_ratio, tokens.device, generator)
         latent = self.vit.encode(_take(tokens, keep))
         grid = (image.shape[-2] // self.patch, image.shape[-1] // self.patch)
         hidden = self._decode(latent, keep, n, grid)

@@ -27,18 +27,19 @@ def projection_head(in_features: int, hidden: int = 2048, dim: int = 128) -> nn.
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 
-def random_view(x: Tensor, scale: tuple[float, float] = (0.5, 1.0)) -> Tensor:
+def random_view(x: Tensor, scale: tuple[float, float] = (0.5, 1.0), generator: torch.Generator | None = None) -> Tensor:
     """Per-sample random resized crop, flip and 90-degree rotation of ``(B, C, H, W)``, in one bilinear resampling.
 
     Each crop is a square covering a share in ``scale`` of the image, resized back to ``H`` x ``W``;
-    all bands move together, so spectra stay intact.
+    all bands move together, so spectra stay intact. Draws come from ``generator`` (on ``x``'s device),
+    the global RNG without one.
     """
     b, device = x.shape[0], x.device
-    side = torch.empty(b, device=device).uniform_(*scale).sqrt()
-    centre = (2 * torch.rand(b, 2, device=device) - 1) * (1 - side)[:, None]
-    angle = torch.randint(0, 4, (b,), device=device) * (math.pi / 2)
+    side = torch.empty(b, device=device).uniform_(*scale, generator=generator).sqrt()
+    centre = (2 * torch.rand(b, 2, device=device, generator=generator) - 1) * (1 - side)[:, None]
+    angle = torch.randint(0, 4, (b,), device=device, generator=generator) * (math.pi / 2)
     cos, sin = angle.cos().round(), angle.sin().round()
-    flip = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
+    flip = torch.where(torch.rand(b, device=device, generator=generator) < 0.5, -1.0, 1.0)
     rows = [torch.stack(row, dim=1) for row in ((cos * flip, -sin, centre[:, 0]), (sin * flip, cos, centre[:, 1]))]
     theta = torch.stack(rows, dim=1) * torch.stack([side, side, torch.ones_like(side)], dim=1)[:, None]
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
@@ -59,7 +60,7 @@ def _has_batch_norm(module: nn.Module) -> bool:
 
 
 class MoCo(nn.Module):
-    """MoCo-v2; ``forward(view1, view2)`` returns the InfoNCE loss and updates the queue."""
+    """MoCo-v2; ``forward(view1, view2, generator)`` returns the InfoNCE loss and updates the queue."""
 
     queue: Tensor
     queue_ptr: Tensor
@@ -92,12 +93,15 @@ class MoCo(nn.Module):
     def _key_parameters(self) -> chain[nn.Parameter]:
         return chain(self.key_encoder.parameters(), self.key_head.parameters())
 
-    def forward(self, view1: Tensor, view2: Tensor) -> Tensor:
-        """InfoNCE loss of queries from ``view1`` against keys from ``view2`` and the queue."""
-        query = F.normalize(self.head(self.encoder(random_view(view1))).float(), dim=1)
+    def forward(self, view1: Tensor, view2: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """InfoNCE loss of queries from ``view1`` against keys from ``view2`` and the queue.
+
+        ``generator`` (on the views' device) draws the augmentations and the key shuffle.
+        """
+        query = F.normalize(self.head(self.encoder(random_view(view1, generator=generator))).float(), dim=1)
         with torch.no_grad():
             self._momentum_update()
-            key = self._keys(random_view(view2))
+            key = self._keys(random_view(view2, generator=generator), generator)
         positive = (query * key).sum(dim=1, keepdim=True)
         negative = query @ self.queue.clone().T
         logits = torch.cat([positive, negative], dim=1).float() / self.temperature
@@ -114,11 +118,11 @@ class MoCo(nn.Module):
     def _embed_keys(self, x: Tensor) -> Tensor:
         return F.normalize(self.key_head(self.key_encoder(x)).float(), dim=1)
 
-    def _keys(self, x: Tensor) -> Tensor:
-        """Normalised keys; with BatchNorm, computed on ``key_splits`` shuffled sub-batches."""
+    def _keys(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Normalised keys; with BatchNorm, computed on ``key_splits`` sub-batches shuffled by ``generator``."""
         if self.key_splits == 1 or len(x) < 2 * self.key_splits:
             return self._embed_keys(x)
-        order = torch.randperm(len(x), device=x.device)
+        order = torch.randperm(len(x), device=x.device, generator=generator)
         keys = torch.cat([self._embed_keys(part) for part in x[order].chunk(self.key_splits)])
         return keys[order.argsort()]
 

@@ -12,6 +12,9 @@ process per device under ``torchrun`` with DistributedDataParallel (NCCL on CUDA
 - ``config.json``: the run's :class:`TrainConfig`.
 
 Training runs for ``max_steps`` optimizer steps when set, else ``epochs`` epochs; the schedule spans that.
+Every random choice of a step (crops, MAE masks, MoCo views and key shuffle) comes from a generator on the
+device seeded from (seed, rank, step) (:func:`step_seed`), so a resumed run draws what an uninterrupted one
+would. The dataset seeds its own per item; the global RNG (seeded from ``seed`` and the rank) initialises the weights.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def corpus_dataset(config: TrainConfig) -> Dataset[dict[str, Any]]:
         raise ValueError("no training data: set the corpus or pass a dataset")
     from spectral_corpus.training.dataset import CorpusDataset
 
-    return CorpusDataset(config.corpus, split="train", views=len(VIEW_KEYS[config.method]))
+    return CorpusDataset(config.corpus, split="train", views=len(VIEW_KEYS[config.method]), seed=config.seed)
 
 
 def shard_aware_sampler(dataset: Any, rank: int, world_size: int, seed: int) -> Sampler[int]:
@@ -159,14 +162,22 @@ class SyntheticDataset(Dataset[dict[str, Tensor]]):
         return torch.einsum("khw,kc->chw", abundance, self.spectra) * gain + noise
 
 
-def random_crop(x: Tensor, size: int) -> Tensor:
-    """An independent random ``size`` x ``size`` window of each image in ``(B, C, H, W)``."""
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the generator for step ``step`` on process ``rank`` of a run seeded with ``seed``."""
+    return hash((seed, rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def random_crop(x: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """An independent random ``size`` x ``size`` window of each image in ``(B, C, H, W)``.
+
+    Draws come from ``generator`` (on ``x``'s device), the global RNG without one.
+    """
     b, c, h, w = x.shape
     if (h, w) == (size, size):
         return x
     if size > min(h, w):
         raise ValueError(f"crop size {size} exceeds the {h} x {w} images")
-    top, left = (torch.randint(0, extent - size + 1, (b, 1), device=x.device) for extent in (h, w))
+    top, left = (torch.randint(0, extent - size + 1, (b, 1), device=x.device, generator=generator) for extent in (h, w))
     span = torch.arange(size, device=x.device)
     index = ((top + span)[:, :, None] * w + (left + span)[:, None, :]).flatten(1)
     return x.flatten(2).gather(2, index[:, None, :].expand(-1, c, -1)).view(b, c, size, size)
@@ -349,6 +360,7 @@ class _Trainer:
         warmup = round(config.warmup_frac * self.total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(self.total, warmup))
         self.step = self.saved_step = 0
+        self.generator = torch.Generator(ctx.device)  # reseeded every step
         self.meter = _Meter(config.batch_size * ctx.world_size)
 
     @property
@@ -413,11 +425,12 @@ class _Trainer:
         return last
 
     def _train_step(self, batch: dict[str, Tensor]) -> Tensor:
+        generator = self.generator.manual_seed(step_seed(self.config.seed, self.ctx.rank, self.step))
         views = [batch[key].to(self.ctx.device, non_blocking=True).float() for key in self.collate.keys]
-        views = [random_crop(view, self.crop) for view in views]
+        views = [random_crop(view, self.crop, generator) for view in views]
         device_type = self.ctx.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-            loss = self.wrapped(*views)
+            loss = self.wrapped(*views, generator=generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
