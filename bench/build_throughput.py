@@ -132,9 +132,8 @@ def cached_corpus(cache: Path, replicas: int, seed: int = 0, workers: int = 2) -
     if not (corpus / "CURRENT").exists():
         shutil.rmtree(corpus, ignore_errors=True)
         build_corpus(
-            BuildOptions(source=str(archive), out=corpus, query=SceneQuery(), rules=Rules(), workers=workers,
-                         progress=False)
-        )  # fmt: skip
+            BuildOptions(source=str(archive), out=corpus, query=SceneQuery(), rules=Rules(), workers=workers)
+        )
     return corpus
 
 
@@ -456,7 +455,7 @@ def run_build(archive: Path, out: Path, workers: int, rules: Rules) -> BuildRun:
     """Build a corpus from ``archive`` into ``out`` (which must not exist), timing it."""
     times: dict[str, float] = {}
     options = BuildOptions(
-        source=str(archive), out=out, query=SceneQuery(), rules=rules, workers=workers, progress=False
+        source=str(archive), out=out, query=SceneQuery(), rules=rules, workers=workers
     )
     sampler = WorkerSampler()
     main_cpu = psutil.Process().cpu_times()
@@ -488,7 +487,7 @@ def used_images(reader: CorpusReader) -> dict[str, str]:
     """Spectral image href by product of the corpus's status-ok scenes, in product order."""
     scenes = reader.table("scenes").sort_values("product")
     ok = scenes[scenes["status"] == OK]
-    return {product: json.loads(assets)["image"] for product, assets in zip(ok["product"], ok["assets"], strict=True)}
+    return {product: dict(assets)["image"] for product, assets in zip(ok["product"], ok["assets"], strict=True)}
 
 
 def shard_windows(observations: pd.DataFrame) -> pd.DataFrame:

@@ -140,7 +140,7 @@ def prepare(cache: Path, replicas: int, seed: int) -> BenchData:
         shutil.rmtree(root, ignore_errors=True)
         example = write_example(root / "products", seed=seed, replicas=replicas)
         options = BuildOptions(
-            source=str(example.archive), out=data.corpus, query=SceneQuery(), rules=Rules(), workers=2, progress=False
+            source=str(example.archive), out=data.corpus, query=SceneQuery(), rules=Rules(), workers=2
         )
         build_corpus(options)
         export_spectralearth(CorpusReader(data.corpus), data.export)
@@ -223,7 +223,7 @@ def write_webdataset(corpus: Path, root: Path) -> None:
     root.mkdir(parents=True)
     reader = CorpusReader(corpus)
     with wds.ShardWriter(str(root / "shard-%04d.tar"), maxcount=WDS_SHARD, verbose=0) as sink:
-        for obs in range(int(reader.manifest["n_obs"])):
+        for obs in range(reader.manifest.n_obs):
             sink.write({"__key__": f"{obs:08d}", "npy": reader.read_patch(obs)})
     (root / "COMPLETE").write_text("")
 
@@ -486,7 +486,7 @@ def seeded_random_sampler(size: int) -> tuple[RandomSampler, Callable[[int], Non
 
 def chunk_bytes(dataset: CorpusDataset) -> tuple[list[bytes], ChunkSource]:
     """The compressed inner-chunk bytes of every item (the exact bytes the loader reads), and their source."""
-    source = ChunkSource(dataset.root)
+    source = ChunkSource(dataset.layout.root)
     return [source.read(int(o)) for o in np.asarray(dataset._obs).tolist()], source
 
 
@@ -595,7 +595,7 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
 
     reused = _shared_empty((batch_size, *source.shape), torch.float32)
     reused.fill_(0)
-    raw = CorpusDataset(dataset.root, split=None, unit="observation", normalize=False)
+    raw = CorpusDataset(dataset.layout.root, split=None, unit="observation", normalize=False)
     ring = np.zeros((batch_size, *source.shape), dtype=np.int16)
     try:
         for _ in range(repeats):

@@ -47,10 +47,11 @@ from build_throughput import (
 from rasterio.windows import Window
 
 from spectral_corpus.catalog.bands import band_table, selected_bands
+from spectral_corpus.corpus_format import CorpusLayout
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.materialize import materialize_shard
-from spectral_corpus.stages.store import CorpusPaths, create_patch_array, sha256_file
+from spectral_corpus.stages.store import create_patch_array, sha256_file
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def fullest_shard(corpus: Path) -> Shard:
     rows = observations[observations["shard"] == index].assign(
         href=lambda t: t["product"].map(hrefs), train=lambda t: t["split"] == "train"
     )  # the columns pipeline.build passes to materialize_shard
-    rules = reader.metadata["rules"]
+    rules = reader.metadata.rules
     return Shard(index, rows[["obs", "href", "row", "col", "train"]], selected_bands(rules["bands"]), len(observations),
                  rules["shard_size"])  # fmt: skip
 
@@ -136,7 +137,7 @@ def fresh_array(root: Path, shard: Shard) -> zarr.Array:
     shutil.rmtree(root, ignore_errors=True)
     table = band_table().set_index("band").loc[shard.bands]
     return create_patch_array(
-        CorpusPaths(root).zarr, shard.n_obs, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(),
+        CorpusLayout(root).zarr, shard.n_obs, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(),
         shard.bands, shard.shard_size,
     )  # fmt: skip
 
@@ -170,7 +171,7 @@ def step_by_step(shard: Shard, work: Path, repeats: int) -> list[Step]:
         array[first : first + len(patches)] = patches
 
     steps.append(timed("zarr write of the shard (encode + write)", raw_mb, zarr_write, repeats)[0])
-    shard_file = CorpusPaths(work / "corpus").shard_file(shard.index)
+    shard_file = CorpusLayout(work / "corpus").shard_file(shard.index)
     steps.append(timed("sha256 of the shard file", shard_file.stat().st_size / MB, lambda: sha256_file(shard_file),
                        repeats)[0])  # fmt: skip
     return steps

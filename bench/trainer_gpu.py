@@ -61,7 +61,7 @@ def example_corpus(root: Path, replicas: int) -> Path:
         example = write_example(root / f"products-{replicas}", seed=0, replicas=replicas)
         rules = Rules(shard_size=16, split_block_cells=1, val_fraction=0.0, test_fraction=0.0)
         workers = min(4, os.cpu_count() or 1)
-        build_corpus(BuildOptions(str(example.archive), corpus, SceneQuery(), rules, workers=workers, progress=False))
+        build_corpus(BuildOptions(str(example.archive), corpus, SceneQuery(), rules, workers=workers))
     return corpus
 
 

@@ -14,6 +14,7 @@ from spectral_corpus.catalog.hrefs import open_member
 from spectral_corpus.catalog.metadata import read_metadata
 from spectral_corpus.catalog.product import asset_key, is_product_name
 from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, SceneRecord
 
 
@@ -59,7 +60,7 @@ def _record(path: Path, root: Path) -> SceneRecord:
     for entry in [path, *([] if path.is_file() else sorted(path.iterdir()))]:
         if not entry.resolve().is_relative_to(root):
             reason = f"symlink '{entry.name}' resolves outside the archive root"
-            return SceneRecord.rejected(name, str(path), reason)
+            return SceneRecord.rejected(name, str(path), Rejection.UNSAFE_ARCHIVE, reason)
     return _zip_record(path) if path.is_file() else _folder_record(path)
 
 
@@ -81,12 +82,12 @@ def _zip_record(path: Path) -> SceneRecord:
             members = [info.filename for info in infos]
             unsafe = next((m for m in members if _is_unsafe(m)), None)
             if unsafe is not None:
-                return SceneRecord.rejected(name, source, f"unsafe ZIP member {unsafe!r}")
+                return SceneRecord.rejected(name, source, Rejection.UNSAFE_ARCHIVE, f"unsafe ZIP member {unsafe!r}")
             link = next((info for info in infos if _is_symlink(info)), None)
             if link is not None:
                 target = archive.read(link)[:200].decode(errors="replace")
                 reason = f"unsafe ZIP member {link.filename!r}: a symbolic link (to {target!r})"
-                return SceneRecord.rejected(name, source, reason)
+                return SceneRecord.rejected(name, source, Rejection.UNSAFE_ARCHIVE, reason)
             assets = {key: m for m in members if (key := _member_key(m, name))}
             hrefs = {key: f"/vsizip/{path}/{member}" for key, member in assets.items()}
             if "metadata" not in assets:
@@ -94,7 +95,7 @@ def _zip_record(path: Path) -> SceneRecord:
             with open_member(archive, assets["metadata"]) as metadata:
                 return _product_record(name, source, hrefs, metadata)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
-        return SceneRecord.rejected(name, source, f"corrupt ZIP file ({error})")
+        return SceneRecord.rejected(name, source, Rejection.CORRUPT_ZIP, f"corrupt ZIP file ({error})")
 
 
 def _is_unsafe(member: str) -> bool:
@@ -117,11 +118,11 @@ def _member_key(member: str, name: str) -> str | None:
 def _product_record(name: str, source: str, hrefs: dict[str, str], metadata: IO[bytes] | None) -> SceneRecord:
     """A record from a product's files and the head of its METADATA.XML, or a rejected one saying why."""
     if metadata is None:
-        return SceneRecord.rejected(name, source, "no METADATA.XML")
+        return SceneRecord.rejected(name, source, Rejection.BAD_METADATA, "no METADATA.XML")
     if "image" not in hrefs:
-        return SceneRecord.rejected(name, source, "no SPECTRAL_IMAGE file")
+        return SceneRecord.rejected(name, source, Rejection.NO_IMAGE, "no SPECTRAL_IMAGE file")
     try:
         meta = read_metadata(metadata, source).metadata
     except ProductError as error:
-        return SceneRecord.rejected(name, source, str(error))
+        return SceneRecord.rejected(name, source, Rejection.BAD_METADATA, str(error))
     return SceneRecord.from_metadata(meta, name, source, hrefs)

@@ -1,8 +1,18 @@
 """Errors raised while reading catalogs and products."""
 
+from spectral_corpus.errors import SpectralCorpusError
 
-class CatalogError(Exception):
+
+class CatalogError(SpectralCorpusError):
     """Base class of catalog errors."""
+
+
+class SourceError(CatalogError, ValueError):
+    """A scene source, a query or a setting of theirs is not usable; the message says why."""
+
+
+class ExampleError(CatalogError, ValueError):
+    """The example generator cannot make what was asked; the message says why."""
 
 
 class ProductError(CatalogError, ValueError):

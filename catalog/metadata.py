@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import IO, TypeVar
 
 from spectral_corpus.catalog.errors import ProductError
+from spectral_corpus.corpus_format import COVERS
 
 #: Bytes fed to the parser at a time.
 CHUNK_BYTES = 16 * 1024
@@ -59,8 +60,6 @@ _OPTIONAL = {
     "water_cover": f"{_FLAGS}/waterCover",
 }
 _T = TypeVar("_T")
-#: Cover figures of a scene in whole percent (``specific/qualityFlag``), as ``ProductMetadata`` fields.
-COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
 _CORNERS = ("upper_left", "upper_right", "lower_right", "lower_left")
 _UTM = re.compile(r"^UTM_Zone(?P<zone>\d{1,2})_(?P<hemisphere>North|South)$", re.IGNORECASE)
 

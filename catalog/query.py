@@ -13,6 +13,7 @@ import geopandas as gpd
 from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 
+from spectral_corpus.catalog.errors import SourceError
 from spectral_corpus.catalog.scenes import SceneRecord
 
 DEFAULT_COLLECTION = "ENMAP_HSI_L2A"
@@ -43,9 +44,9 @@ class SceneQuery:
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None and value.utcoffset() is None:
-                raise ValueError(f"SceneQuery.{name} must be timezone-aware, got {value.isoformat()}")
+                raise SourceError(f"SceneQuery.{name} must be timezone-aware, got {value.isoformat()}")
         if self.start and self.end and self.start > self.end:
-            raise ValueError(f"start {self.start.isoformat()} is after end {self.end.isoformat()}")
+            raise SourceError(f"start {self.start.isoformat()} is after end {self.end.isoformat()}")
         if self.bbox is not None:
             _check_bbox(self.bbox)
 
@@ -133,16 +134,16 @@ def read_aoi(path: Path) -> BaseGeometry:
     """The union of all geometries in a vector file, in lon/lat (EPSG:4326)."""
     frame = gpd.read_file(path)
     if frame.empty:
-        raise ValueError(f"AOI file {str(path)!r} holds no geometries")
+        raise SourceError(f"AOI file {str(path)!r} holds no geometries")
     if frame.crs is None:
-        raise ValueError(f"AOI file {str(path)!r} has no CRS; save it with one (GeoJSON is EPSG:4326)")
+        raise SourceError(f"AOI file {str(path)!r} has no CRS; save it with one (GeoJSON is EPSG:4326)")
     return frame.to_crs(4326).geometry.union_all()
 
 
 def _parse_bbox(value: Sequence[float] | str) -> BBox:
     parts = value.split(",") if isinstance(value, str) else list(value)
     if len(parts) != 4:
-        raise ValueError(f"bbox needs 4 numbers west,south,east,north; got {value!r}")
+        raise SourceError(f"bbox needs 4 numbers west,south,east,north; got {value!r}")
     west, south, east, north = (float(p) for p in parts)
     return (west, south, east, north)
 
@@ -150,7 +151,7 @@ def _parse_bbox(value: Sequence[float] | str) -> BBox:
 def _check_bbox(bbox: BBox) -> None:
     west, south, east, north = bbox
     if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
-        raise ValueError(f"bbox {bbox} is not west,south,east,north in degrees (west <= east, south <= north)")
+        raise SourceError(f"bbox {bbox} is not west,south,east,north in degrees (west <= east, south <= north)")
 
 
 def _to_utc(value: TimeLike, *, end_of_day: bool) -> datetime:

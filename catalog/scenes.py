@@ -10,12 +10,16 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from spectral_corpus.catalog.bands import N_BANDS, REFLECTANCE_SCALE
 from spectral_corpus.catalog.metadata import COVERS, ProductMetadata
 from spectral_corpus.catalog.product import ProductName
+from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.corpus_format import FORMAT_VERSION, SCHEMAS, read_table, to_arrow
 
 OK = "ok"
 REJECTED = "rejected"
@@ -27,7 +31,8 @@ STAC_ITEM = "STAC item"
 class SceneRecord:
     """One EnMAP L2A product as found in a catalog, parsed once.
 
-    ``status`` is ``ok`` or ``rejected``; a rejected record says why in ``reason``. ``assets`` maps
+    ``status`` is ``ok`` or ``rejected``; a rejected record has a ``rejection`` code and says why in
+    ``reason`` (the file and the problem). ``assets`` maps
     asset keys (see ``catalog.product.ASSET_SUFFIXES``) to hrefs that rasterio can open
     (local paths, ``/vsizip/`` paths or http(s) URLs). ``footprint`` is in lon/lat (EPSG:4326): the
     valid swath. Covers are percent of the scene; ``quality`` is ``overallQuality`` (0 nominal,
@@ -59,14 +64,16 @@ class SceneRecord:
     fwhm_nm: tuple[float, ...] = ()
     assets: tuple[tuple[str, str], ...] = ()
     status: str = OK
+    rejection: Rejection | None = None
     reason: str = ""
 
     @classmethod
     def from_metadata(cls, meta: ProductMetadata, product: str, source: str, assets: dict[str, str]) -> SceneRecord:
         """The record of a product from its METADATA.XML, or a rejected one saying what is wrong."""
-        reason = _metadata_problem(meta, product)
-        if reason:
-            return cls.rejected(product, source, f"{source}: {reason}")
+        problem = _metadata_problem(meta, product)
+        if problem:
+            code, reason = problem
+            return cls.rejected(product, source, code, f"{source}: {reason}")
         return cls(
             product=product,
             source=source,
@@ -88,9 +95,9 @@ class SceneRecord:
         )
 
     @classmethod
-    def rejected(cls, product: str, source: str, reason: str) -> SceneRecord:
+    def rejected(cls, product: str, source: str, code: Rejection, reason: str) -> SceneRecord:
         """A record for a product that cannot be used, with the parts its name gives."""
-        record = cls(product=product, source=source, status=REJECTED, reason=reason)
+        record = cls(product=product, source=source, status=REJECTED, rejection=code, reason=reason)
         try:
             name = ProductName.parse(product)
         except ValueError:
@@ -113,25 +120,26 @@ class SceneRecord:
         return (type(self).__name__, self.product, self.source, self.assets, self.status)
 
 
-def _metadata_problem(meta: ProductMetadata, product: str) -> str:
-    """Why a product's METADATA.XML makes it unusable here; empty when it is fine."""
+def _metadata_problem(meta: ProductMetadata, product: str) -> tuple[Rejection, str] | None:
+    """Why a product's METADATA.XML makes it unusable here; None when it is fine."""
     name = ProductName.parse(product)
     if meta.name != product:
-        return f"METADATA.XML names product {meta.name!r}, not {product!r}"
+        return Rejection.BAD_METADATA, f"METADATA.XML names product {meta.name!r}, not {product!r}"
     if meta.level != "L2A":
-        return f"METADATA.XML says processing level {meta.level!r}; only L2A products are read"
+        return Rejection.BAD_METADATA, f"METADATA.XML says processing level {meta.level!r}; only L2A products are read"
     if (meta.datatake, meta.tile, meta.version) != (name.datatake, name.tile, name.version):
         said = f"datatake {meta.datatake}, tile {meta.tile}, processor {meta.processor}"
-        return f"METADATA.XML ({said}) disagrees with the product name"
+        return Rejection.BAD_METADATA, f"METADATA.XML ({said}) disagrees with the product name"
     if meta.n_bands != N_BANDS or len(meta.bands) != N_BANDS:
-        return (
+        return Rejection.BAND_COUNT, (
             f"product has {meta.n_bands} bands ({len(meta.bands)} characterised in METADATA.XML); "
             f"operational EnMAP L2A products have {N_BANDS}"
         )
     scales = set(zip(meta.bands.gains, meta.bands.offsets, strict=True))
     if scales != {(REFLECTANCE_SCALE, 0.0)}:
-        return f"band gains/offsets {sorted(scales)[:3]} differ from reflectance = DN x {REFLECTANCE_SCALE:g} + 0"
-    return ""
+        reason = f"band gains/offsets {sorted(scales)[:3]} differ from reflectance = DN x {REFLECTANCE_SCALE:g} + 0"
+        return Rejection.BAD_METADATA, reason
+    return None
 
 
 def keep_newest(records: Iterable[SceneRecord]) -> list[SceneRecord]:
@@ -159,8 +167,10 @@ def _superseded(record: SceneRecord, newest: dict[tuple[int, int], SceneRecord])
     if winner is record:
         return record
     if winner.product == record.product:
-        return replace(record, status=REJECTED, reason=f"another copy of this product is used: {winner.source}")
-    return replace(record, status=REJECTED, reason=f"superseded by newer processor version {winner.product}")
+        reason = f"another copy of this product is used: {winner.source}"
+        return replace(record, status=REJECTED, rejection=Rejection.DUPLICATE, reason=reason)
+    reason = f"superseded by newer processor version {winner.product}"
+    return replace(record, status=REJECTED, rejection=Rejection.SUPERSEDED, reason=reason)
 
 
 _COLUMNS = [
@@ -181,25 +191,27 @@ _COLUMNS = [
     "assets",
     "source",
     "status",
+    "rejection",
     "reason",
 ]
 
 
 _LISTS = ("wavelengths_nm", "fwhm_nm")
+#: The Parquet file metadata key under which a scene table keeps the query that produced it.
+_QUERY_KEY = b"spectral_corpus:query"
 
 
 def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None = None) -> gpd.GeoDataFrame:
     """The scene table: one row per record sorted by product, footprints in EPSG:4326.
 
-    ``assets`` is stored as a JSON object (key -> href); the query that produced the table is kept in
+    ``assets`` holds sorted (key, href) pairs (a map column on disk); the query that produced the table is kept in
     the frame's ``attrs["query"]`` and written into the GeoParquet file's metadata.
     """
     rows = sorted(records, key=lambda r: r.product)
     frame = pd.DataFrame(
         {
-            **{c: [getattr(r, c) for r in rows] for c in _COLUMNS if c not in (*_LISTS, "assets")},
+            **{c: [getattr(r, c) for r in rows] for c in _COLUMNS if c not in _LISTS},
             **{c: [list(getattr(r, c)) for r in rows] for c in _LISTS},
-            "assets": [json.dumps(r.asset_map, sort_keys=True) for r in rows],
         },
         columns=_COLUMNS,
     )
@@ -240,8 +252,9 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
                 quality=_optional_float(values["quality"]),
                 wavelengths_nm=_floats(values.get("wavelengths_nm")),
                 fwhm_nm=_floats(values.get("fwhm_nm")),
-                assets=tuple(sorted(json.loads(values["assets"]).items())),
+                assets=tuple(values["assets"]),
                 status=values["status"],
+                rejection=Rejection(values["rejection"]) if isinstance(values["rejection"], str) else None,
                 reason=values["reason"],
             )
         )
@@ -249,30 +262,20 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
 
 
 def write_scene_table(table: gpd.GeoDataFrame, path: Path) -> None:
-    """Write a scene table as GeoParquet, atomically, with its query in the file metadata."""
+    """Write a scene table as GeoParquet (the corpus format's scene columns), atomically, with its query."""
+    schema = pa.schema([field for field in SCHEMAS["scenes"] if field.name in table.columns])
+    query = json.dumps(table.attrs.get("query", {}), sort_keys=True, default=str).encode()
     tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False, schema_version="1.0.0", write_covering_bbox=False)
-    _attach_query(tmp, table.attrs.get("query", {}))
+    pq.write_table(to_arrow(table, schema, {_QUERY_KEY: query}), tmp)
     tmp.replace(path)
 
 
 def read_scene_table(path: Path) -> gpd.GeoDataFrame:
     """Read a scene table written by ``write_scene_table``."""
-    import pyarrow.parquet as pq
-
-    table = gpd.read_parquet(path)
+    table: gpd.GeoDataFrame = read_table(path, "scenes", FORMAT_VERSION)
     meta = pq.read_schema(path).metadata or {}
-    table.attrs["query"] = json.loads(meta.get(b"spectral_corpus:query", b"{}"))
+    table.attrs["query"] = json.loads(meta.get(_QUERY_KEY, b"{}"))
     return table
-
-
-def _attach_query(path: Path, query: dict[str, object]) -> None:
-    import pyarrow.parquet as pq
-
-    arrow = pq.read_table(path)
-    meta = dict(arrow.schema.metadata or {})
-    meta[b"spectral_corpus:query"] = json.dumps(query, sort_keys=True, default=str).encode()
-    pq.write_table(arrow.replace_schema_metadata(meta), path)
 
 
 def _optional_int(value: object) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectral_corpus.catalog.archive import index_archive
+from spectral_corpus.catalog.errors import SourceError
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.scenes import SceneRecord, keep_newest
 from spectral_corpus.catalog.stac import read_static_stac, search_stac_api
@@ -13,15 +14,17 @@ STATIC_SUFFIXES = (".json", ".geojson")
 
 
 def find_scenes(source: str, query: SceneQuery) -> list[SceneRecord]:
-    """Scene records from ``source`` that match ``query``, all but the newest version of each rejected.
+    """Scene records from ``source`` that match ``query``, all but the newest version of each rejected."""
+    return keep_newest(read_source(source, query))
+
+
+def read_source(source: str, query: SceneQuery) -> list[SceneRecord]:
+    """Scene records from ``source`` that match ``query``, every version as found.
 
     ``source`` is an ``http(s)://`` STAC API URL, a ``.json``/``.geojson`` static STAC file, or a
-    directory holding EnMAP L2A product folders and ZIP files.
+    directory holding EnMAP L2A product folders and ZIP files. A build decides which version is the
+    newest once, over these and the corpus's known scenes.
     """
-    return keep_newest(_records(source, query))
-
-
-def _records(source: str, query: SceneQuery) -> list[SceneRecord]:
     if source.lower().startswith(("http://", "https://")):
         return search_stac_api(source, query)
     path = Path(source)
@@ -29,7 +32,7 @@ def _records(source: str, query: SceneQuery) -> list[SceneRecord]:
         return read_static_stac(path, query)
     if path.is_dir():
         return index_archive(path, query)
-    raise ValueError(
+    raise SourceError(
         f"scene source {source!r} is not usable: SRC must be an http(s):// STAC API URL, an existing "
         f"static STAC file ({', '.join(STATIC_SUFFIXES)}) or an existing directory of EnMAP L2A products"
     )

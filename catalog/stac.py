@@ -45,11 +45,12 @@ from shapely.geometry import mapping, shape
 from urllib3.util.retry import Retry
 
 from spectral_corpus.catalog.bands import N_BANDS
-from spectral_corpus.catalog.errors import ProductError, StacApiError
+from spectral_corpus.catalog.errors import ProductError, SourceError, StacApiError
 from spectral_corpus.catalog.hrefs import is_local, open_local
 from spectral_corpus.catalog.metadata import read_metadata
 from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
 from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, REJECTED, STAC_ITEM, SceneRecord
 
 TOKEN_ENV = "SPECTRAL_CORPUS_STAC_TOKEN"
@@ -107,7 +108,7 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: boo
         value = math.nan
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         kind = ("a positive" if positive else "a non-negative") + (" whole" if whole else "")
-        raise ValueError(f"{name}={text!r} is not {kind} number")
+        raise SourceError(f"{name}={text!r} is not {kind} number")
     return value
 
 
@@ -124,19 +125,20 @@ def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
     """
     product = str(item.get("id", ""))
     if not is_product_name(product):
-        return SceneRecord.rejected(product, source, f"STAC item id {product!r} is not an EnMAP L2A product name")
+        reason = f"STAC item id {product!r} is not an EnMAP L2A product name"
+        return SceneRecord.rejected(product, source, Rejection.BAD_STAC_ITEM, reason)
     try:
         record = _parse_item(item, product, source)
     except (ValueError, TypeError, KeyError, ShapelyError) as error:
-        return SceneRecord.rejected(product, source, f"STAC item has a bad field ({error!r})")
+        return SceneRecord.rejected(product, source, Rejection.BAD_STAC_ITEM, f"STAC item has a bad field ({error!r})")
     if "image" not in record.asset_map:
-        return replace(record, status=REJECTED, reason=NO_IMAGE)
+        return replace(record, status=REJECTED, rejection=Rejection.NO_IMAGE, reason=NO_IMAGE)
     metadata = record.asset_map.get("metadata")
     if metadata is not None and is_local(metadata):
         return _record_from_metadata(record, metadata)
     if record.wavelengths_nm and len(record.wavelengths_nm) != N_BANDS:
         reason = f"STAC item lists {len(record.wavelengths_nm)} eo:bands; operational EnMAP L2A products have {N_BANDS}"
-        return replace(record, status=REJECTED, reason=reason)
+        return replace(record, status=REJECTED, rejection=Rejection.BAND_COUNT, reason=reason)
     return record
 
 
@@ -145,8 +147,10 @@ def _record_from_metadata(record: SceneRecord, href: str) -> SceneRecord:
     try:
         with open_local(href) as stream:
             meta = read_metadata(stream, href).metadata
-    except (ProductError, OSError, zipfile.BadZipFile) as error:
-        return SceneRecord.rejected(record.product, record.source, f"{error}")
+    except ProductError as error:
+        return SceneRecord.rejected(record.product, record.source, Rejection.BAD_METADATA, str(error))
+    except (OSError, zipfile.BadZipFile) as error:
+        return SceneRecord.rejected(record.product, record.source, Rejection.UNREADABLE, str(error))
     return SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
 
 
@@ -249,7 +253,7 @@ def search_stac_api(
     """
     policy = policy or RetryPolicy.from_env()
     if urlsplit(url).username is not None:
-        raise ValueError(f"put STAC API credentials in the environment, not in the URL: {_HOW_TO_AUTHENTICATE}")
+        raise SourceError(f"put STAC API credentials in the environment, not in the URL: {_HOW_TO_AUTHENTICATE}")
     credentials = _credentials(url)
     records = []
     with _api_errors(url, policy, credentials):
@@ -303,7 +307,7 @@ def _credentials(url: str) -> _Credentials:
         return _Credentials(_BearerAuth(token), f"a bearer token from {TOKEN_ENV}", (token,))
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
     if bool(user) != bool(password):
-        raise ValueError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
+        raise SourceError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
     if user and password:
         return _basic(user, password, f"user and password from {USER_ENV} and {PASSWORD_ENV}")
     netrc = get_netrc_auth(url)
@@ -436,7 +440,7 @@ def _static_items(path: Path) -> Iterator[dict[str, Any]]:
 
 def _catalog_items(stac: pystac.STACObject, path: Path) -> Iterator[pystac.Item]:
     if not isinstance(stac, pystac.Catalog):
-        raise ValueError(f"{str(path)!r} is not a STAC item, item collection, catalog or collection")
+        raise SourceError(f"{str(path)!r} is not a STAC item, item collection, catalog or collection")
     return stac.get_items(recursive=True)
 
 

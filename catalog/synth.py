@@ -27,17 +27,15 @@ from affine import Affine
 from pyproj import Transformer
 
 from spectral_corpus.catalog.bands import N_BANDS, NODATA, REFLECTANCE_SCALE, band_table
+from spectral_corpus.catalog.errors import ExampleError
 from spectral_corpus.catalog.metadata import Bands, ProductMetadata, metadata_xml, projection_name
 from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, product_filename
 from spectral_corpus.catalog.rasters import encode_raster
+from spectral_corpus.stages.grid import ANCHOR_M, CELL_M, PATCH_PX, PIXEL_M
 
 COLLECTION_ID = "ENMAP_HSI_L2A"
-PIXEL_M = 30
-CELL_PX = 128
-CELL_M = CELL_PX * PIXEL_M
-ANCHOR_M = 15
 MARGIN_PX = 20
-SCENE_PX = 2 * CELL_PX + 2 * MARGIN_PX
+SCENE_PX = 2 * PATCH_PX + 2 * MARGIN_PX
 #: Zone of the reference frame in which abundance maps are defined (so other zones see the same ground).
 REFERENCE_EPSG = 32632
 #: Each replica of the scenario lies at least this many cells south of the previous one.
@@ -113,8 +111,8 @@ class CellPlan:
     @property
     def slices(self) -> tuple[slice, slice]:
         """The cell's rows and columns in the scene raster."""
-        top, left = MARGIN_PX + CELL_PX * self.row, MARGIN_PX + CELL_PX * self.col
-        return slice(top, top + CELL_PX), slice(left, left + CELL_PX)
+        top, left = MARGIN_PX + PATCH_PX * self.row, MARGIN_PX + PATCH_PX * self.col
+        return slice(top, top + PATCH_PX), slice(left, left + PATCH_PX)
 
 
 @dataclass(frozen=True)
@@ -263,7 +261,7 @@ def scenario(replicas: int = 1) -> tuple[ScenePlan, ...]:
     western cells overlap the other's eastern column and its eastern cells overlap nothing.
     """
     if replicas < 1:
-        raise ValueError(f"replicas must be at least 1, got {replicas}")
+        raise ExampleError(f"replicas must be at least 1, got {replicas}")
     plans: list[ScenePlan] = []
     south = 0
     for k in range(replicas):
@@ -278,7 +276,7 @@ def scenario(replicas: int = 1) -> tuple[ScenePlan, ...]:
 
 def _replica(k: int, cells_south: int) -> list[ScenePlan] | None:
     if min(plan.iy0 for plan in SCENARIO) - cells_south < 1:
-        raise ValueError(f"replica {k} would leave the northern hemisphere; use fewer replicas")
+        raise ExampleError(f"replica {k} would leave the northern hemisphere; use fewer replicas")
     moved = [plan.replica(k, cells_south) for plan in SCENARIO]
     by_label = {plan.label: plan for plan in moved}
     placed = []
@@ -434,7 +432,7 @@ def _event_patch(cell: CellPlan, slot: int, event: Event) -> _Patch:
     """A compact block filled row by row; slot ``s`` starts 10 + 60 s px into the cell (down and right)."""
     side = math.ceil(math.sqrt(event.pixels))
     inset = _EVENT_INSET_PX + _EVENT_STRIDE_PX * slot
-    if inset + side > CELL_PX:
+    if inset + side > PATCH_PX:
         raise ValueError(f"event {event} does not fit slot {slot} of a cell")
     k = np.arange(event.pixels)
     rows = cell.slices[0].start + inset + k // side

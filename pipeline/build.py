@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -28,15 +27,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, as_completed
-from tqdm import tqdm
 
 from spectral_corpus.catalog.bands import band_table, selected_bands
 from spectral_corpus.catalog.query import SceneQuery
-from spectral_corpus.catalog.scenes import OK, read_scene_table, records_from_table, scene_table, write_scene_table
-from spectral_corpus.catalog.sources import find_scenes
+from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.catalog.scenes import OK, records_from_table, scene_table
+from spectral_corpus.catalog.sources import read_source
+from spectral_corpus.corpus_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    BandStatistics,
+    CorpusLayout,
+    CorpusMetadata,
+    Manifest,
+)
 from spectral_corpus.pipeline import tables
+from spectral_corpus.pipeline.errors import BuildError, NothingBuiltError
 from spectral_corpus.pipeline.lock import writer_lock
+from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unchanged
+from spectral_corpus.pipeline.progress import Progress, log
 from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.pipeline.work import ReadFailures, WorkState, save_inspection
 from spectral_corpus.stages.commit import VersionTables, commit_version, read_current
 from spectral_corpus.stages.failpoints import failpoint
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
@@ -45,15 +56,7 @@ from spectral_corpus.stages.plan import Plan, plan_corpus
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import assign_splits
 from spectral_corpus.stages.stats import Moments, merge_all, moments_key, shard_moments
-from spectral_corpus.stages.store import CorpusPaths, create_patch_array, write_json_atomic, write_obs_coordinates
-
-
-class BuildError(RuntimeError):
-    """The build cannot go on; the message says why and what to do."""
-
-
-class NothingBuiltError(BuildError):
-    """Every scene was rejected, or no patch passed the rules: the run would publish nothing new."""
+from spectral_corpus.stages.store import create_patch_array, write_obs_coordinates
 
 
 @dataclass(frozen=True)
@@ -66,20 +69,23 @@ class BuildOptions:
     rules: Rules
     workers: int = 2
     scheduler: str | None = None
-    progress: bool = True
+    #: Told how many tasks of each stage are done (``pipeline.progress``); stage lines go to logging.
+    progress: Progress | None = None
 
 
-def build_corpus(options: BuildOptions) -> dict[str, Any]:
-    """Build a corpus from scratch (or finish an interrupted build); return the version manifest."""
+def build_corpus(options: BuildOptions) -> Published:
+    """Build a corpus from scratch (or finish an interrupted build)."""
     with writer_lock(options.out):
-        published = read_current(CorpusPaths(options.out))
-        _drop_published_work(CorpusPaths(options.out), published)
+        published = read_current(CorpusLayout(options.out))
+        _drop_published_work(CorpusLayout(options.out), published)
         if published is not None:
             raise BuildError(f"{options.out} already holds a corpus (version {published}); extend it instead")
-        return _update(options, None, CorpusPaths(options.out).build, dry_run=False)
+        result = _update(options, None, WorkState(CorpusLayout(options.out).build), dry_run=False)
+        assert isinstance(result, Published)  # a first version is never unchanged
+        return result
 
 
-def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any]:
+def extend_corpus(options: BuildOptions, dry_run: bool = False) -> RunResult:
     """Add the source's new products to a corpus with the corpus's own rules; publish version N+1.
 
     With ``dry_run`` nothing is written to the corpus: the result says what would be added.
@@ -91,18 +97,19 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> dict[str, Any
         _drop_published_work(base.paths, base.version)
         options = replace(options, rules=Rules.from_dict(base.rules))
         if not dry_run:
-            return _update(options, base, base.paths.build, dry_run=False)
+            return _update(options, base, WorkState(base.paths.build), dry_run=False)
         with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
-            return _update(options, base, Path(work), dry_run=True)
+            return _update(options, base, WorkState(Path(work)), dry_run=True)
 
 
 def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str:
     """Why no observation came of ``scenes``: rejections by reason, then dropped patches by rule."""
-    from spectral_corpus.pipeline.info import reason_group
+    from spectral_corpus.pipeline.info import rejection_label
 
     rejected = scenes[scenes["status"] != OK]
     lines = [f"no observations: {len(rejected)} of {len(scenes)} scenes were rejected"]
-    lines += [f"  {count} {group}" for group, count in rejected["reason"].map(reason_group).value_counts().items()]
+    groups = rejected["rejection"].map(rejection_label).value_counts()
+    lines += [f"  {count} {group}" for group, count in groups.items()]
     candidates = candidates[candidates["product"].isin(scenes["product"])] if candidates is not None else None
     if candidates is not None and len(candidates):
         lines.append(f"and all {len(candidates)} candidate patches of the others were dropped:")
@@ -111,16 +118,16 @@ def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str
     return "\n".join(lines)
 
 
-def _give_up(work: Path, base: CorpusReader | None, message: str) -> None:
+def _give_up(work: WorkState, base: CorpusReader | None, message: str) -> None:
     """Stop a run that would publish nothing new; a build leaves no work state behind."""
     if base is None:
-        shutil.rmtree(work, ignore_errors=True)
+        work.remove()
     raise NothingBuiltError(message)
 
 
 def _refuse_inverted_quality(base: CorpusReader) -> None:
     """A corpus selected with the old ``--min-quality`` kept the worse scenes: say so instead of extending it."""
-    old = base.metadata.get("query", {}).get("min_quality")
+    old = base.metadata.query.get("min_quality")
     if old is not None:
         raise BuildError(
             f"{base.paths.root} was built with --min-quality {old:g}, which kept scenes with enmap:overallQuality "
@@ -129,8 +136,8 @@ def _refuse_inverted_quality(base: CorpusReader) -> None:
         )
 
 
-def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_run: bool) -> dict[str, Any]:
-    paths = CorpusPaths(options.out)
+def _update(options: BuildOptions, base: CorpusReader | None, work: WorkState, dry_run: bool) -> RunResult:
+    paths = CorpusLayout(options.out)
     version = (base.version if base else 0) + 1
     scenes = _scenes(work, options, base, version)
     known = set(base.table("scenes")["product"]) if base else set()
@@ -138,29 +145,29 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_ru
     fresh = scenes[~scenes["product"].isin(known)]
     if len(fresh) and not new and not dry_run:
         _give_up(work, base, _nothing_built(fresh, None))
-    _say(options.progress, f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
+    log.info(f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
     with dask_client(options.workers, options.scheduler) as client:
         inspected = _inspect(client, work, new, options.progress)
         scenes = tables.apply_inspection(scenes, inspected)
         while True:  # until every new shard is written; a scene that cannot be read is rejected, then re-plan
-            scenes = tables.reject(scenes, _read_failures(work))
+            scenes = tables.reject(scenes, work.read_failures())
             plan = _plan(base, scenes, inspected, options.rules)
             added = plan.observations[plan.observations["shard"] >= _first_shard(base)]
             if len(fresh) and added.empty and not dry_run:
                 fresh = scenes[scenes["product"].isin(fresh["product"])]
                 _give_up(work, base, _nothing_built(fresh, plan.candidates))
-            _say(options.progress, f"plan        {len(added)} new observations, {len(plan.observations)} in all")
+            log.info(f"plan        {len(added)} new observations, {len(plan.observations)} in all")
             if dry_run:
                 return _preview(base, scenes, plan, added, version)
-            if base is not None and added.empty and len(plan.observations) == base.manifest["n_obs"]:
-                shutil.rmtree(work)
-                _say(options.progress, f"unchanged   nothing new; version {base.version} stays current")
-                return {**base.manifest, "unchanged": True}
+            if base is not None and added.empty and len(plan.observations) == base.manifest.n_obs:
+                work.remove()
+                log.info(f"unchanged   nothing new; version {base.version} stays current")
+                return Unchanged(base.version)
             _prepare_array(paths, plan, base, options.rules)
             shards, failures = _materialize(client, paths, scenes, added, options.rules, options.progress)
             if not failures:
                 break
-            _record_read_failures(work, paths, scenes, failures)
+            work.record_read_failures(_products_of(scenes, failures))
         if base is not None:
             shards = (
                 pd.concat([base.table("shards"), shards], ignore_index=True) if len(shards) else base.table("shards")
@@ -170,28 +177,27 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: Path, dry_ru
     failpoint("before-commit")
     manifest = _commit(paths, options, base, version, scenes, plan, shards, moments)
     failpoint("published")
-    shutil.rmtree(work)
-    _say(options.progress, f"commit      version {manifest['version']} published")
-    return manifest
+    work.remove()
+    log.info(f"commit      version {manifest.version} published")
+    return Published(manifest)
 
 
-def _scenes(work: Path, options: BuildOptions, base: CorpusReader | None, version: int) -> pd.DataFrame:
+def _scenes(work: WorkState, options: BuildOptions, base: CorpusReader | None, version: int) -> pd.DataFrame:
     """The next version's scene table; a source that fails or finds nothing leaves no work state."""
-    fresh = not work.exists()
-    work.mkdir(parents=True, exist_ok=True)
+    fresh = not work.started
     try:
-        _check_same_run(work, options, version)
+        work.claim(_identity(options, version))
         found = _catalog(work, options)
         if found.empty:
             raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
     except BaseException:
         if fresh:
-            shutil.rmtree(work, ignore_errors=True)
+            work.remove()
         raise
     return tables.merge_scenes(base.table("scenes") if base else None, found)
 
 
-def _prepare_array(paths: CorpusPaths, plan: Plan, base: CorpusReader | None, rules: Rules) -> None:
+def _prepare_array(paths: CorpusLayout, plan: Plan, base: CorpusReader | None, rules: Rules) -> None:
     """Create the patch array, or grow it to hold the planned observations."""
     bands = selected_bands(rules.bands)
     table = band_table().set_index("band").loc[bands]
@@ -201,20 +207,10 @@ def _prepare_array(paths: CorpusPaths, plan: Plan, base: CorpusReader | None, ru
     )
 
 
-def _read_failures(work: Path) -> dict[str, str]:
-    """Products found unreadable while writing shards (kept so a resumed run rejects them too)."""
-    path = work / "read_failures.json"
-    failures: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    return failures
-
-
-def _record_read_failures(work: Path, paths: CorpusPaths, scenes: pd.DataFrame, failures: dict[str, str]) -> None:
-    """Remember the unreadable products and forget this run's shard markers: the new shards are re-planned."""
-    product_of = {json.loads(a).get("image"): p for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
-    for marker in (paths.build / "shards").glob("*.json"):  # first: no marker of the old plan may survive
-        marker.unlink()
-    recorded = {**_read_failures(work), **{product_of[href]: reason for href, reason in failures.items()}}
-    write_json_atomic(work / "read_failures.json", recorded)
+def _products_of(scenes: pd.DataFrame, failures: dict[str, tuple[Rejection, str]]) -> ReadFailures:
+    """Unreadable images (href -> code, reason) as the products they belong to."""
+    product_of = {dict(a).get("image"): p for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    return {product_of[href]: failure for href, failure in failures.items()}
 
 
 @contextmanager
@@ -238,70 +234,56 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         yield client
 
 
-def _drop_published_work(paths: CorpusPaths, published: int | None) -> None:
+def _drop_published_work(paths: CorpusLayout, published: int | None) -> None:
     """Remove the work state of a run that was killed after it published its version (nothing is left to do)."""
-    marker = paths.build / "options.json"
-    if published is not None and marker.exists() and json.loads(marker.read_text())["version"] <= published:
-        shutil.rmtree(paths.build)
+    work = WorkState(paths.build)
+    identity = work.identity()
+    if published is not None and identity is not None and identity["version"] <= published:
+        work.remove()
 
 
-def _check_same_run(work: Path, options: BuildOptions, version: int) -> None:
-    """Refuse to resume a run that was started with other options."""
-    identity = {
+def _identity(options: BuildOptions, version: int) -> dict[str, Any]:
+    """What a resumed run must share with the run that started the work state."""
+    return {
         "version": version,
         "source": options.source,
         "query": options.query.as_dict(),
         "rules": options.rules.as_dict(),
     }
-    identity = json.loads(json.dumps(identity, default=str))
-    marker = work / "options.json"
-    if marker.exists():
-        started = json.loads(marker.read_text())
-        if started != identity:
-            raise BuildError(
-                f"{work} holds an interrupted run with other options ({started}); "
-                "re-run it with the same options, or remove that directory to start over"
-            )
-        return
-    write_json_atomic(marker, identity)
 
 
-def _catalog(work: Path, options: BuildOptions) -> pd.DataFrame:
+def _catalog(work: WorkState, options: BuildOptions) -> pd.DataFrame:
     """The source's scene table: queried once, then reused by a resumed run."""
-    path = work / "scenes.parquet"
-    if not path.exists():
-        records = find_scenes(options.source, options.query)
-        write_scene_table(scene_table(records, {"source": options.source, **options.query.as_dict()}), path)
-    return read_scene_table(path)
+    found = work.scenes()
+    if found is None:
+        records = read_source(options.source, options.query)
+        work.record_scenes(scene_table(records, {"source": options.source, **options.query.as_dict()}))
+        found = work.scenes()
+        assert found is not None
+    return found
 
 
-def _inspect(client: Client, work: Path, records: list[Any], progress: bool) -> list[InspectResult]:
+def _inspect(
+    client: Client, work: WorkState, records: list[Any], progress: Progress | None
+) -> list[InspectResult]:
     """Inspect each scene once; results are kept per scene so a re-run skips them."""
-    folder = work / "inspect"
-    folder.mkdir(exist_ok=True)
-    todo = [r for r in records if not _inspect_file(folder, r.product).exists()]
-    _run(client, [(f"inspect-{r.product}", inspect_task, (r, str(folder))) for r in todo], "inspect", progress)
-    return [_load_inspect(_inspect_file(folder, r.product)) for r in records]
+    todo = [r for r in records if work.inspection(r.product) is None]
+    tasks = [(f"inspect-{r.product}", inspect_task, (r, work.inspection_file(r.product))) for r in todo]
+    _run(client, tasks, "inspect", progress)
+    return [_inspected(work, r.product) for r in records]
 
 
-def inspect_task(record: Any, folder: str) -> str:
-    """Dask task: inspect one scene and save the result beside the other scenes'."""
+def _inspected(work: WorkState, product: str) -> InspectResult:
+    result = work.inspection(product)
+    assert result is not None, f"{product} was inspected"
+    return result
+
+
+def inspect_task(record: Any, path: Path) -> str:
+    """Dask task: inspect one scene and record the result beside the other scenes'."""
     result = inspect_scene(record)
-    payload = {**asdict(result), "candidates": result.candidates.to_dict(orient="list")}
-    write_json_atomic(_inspect_file(Path(folder), record.product), payload)
+    save_inspection(result, path)
     return result.status
-
-
-def _inspect_file(folder: Path, product: str) -> Path:
-    return folder / f"{product}.json"
-
-
-def _load_inspect(path: Path) -> InspectResult:
-    payload = json.loads(path.read_text())
-    candidates = pd.DataFrame(payload.pop("candidates"), columns=CANDIDATE_COLUMNS)
-    numeric = [c for c in CANDIDATE_COLUMNS if c != "product"]
-    candidates[numeric] = candidates[numeric].astype("int64")
-    return InspectResult(candidates=candidates, **payload)
 
 
 def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
@@ -336,31 +318,32 @@ def _rows(base: CorpusReader | None) -> int:
 
 def _preview(
     base: CorpusReader | None, scenes: pd.DataFrame, plan: Plan, added: pd.DataFrame, version: int
-) -> dict[str, Any]:
+) -> DryRun:
     """What an extension would add, without writing anything."""
     old = base.table("observations") if base else pd.DataFrame(columns=["obs", "location_id"])
     known_ids = set(base.table("locations")["location_id"]) if base else set()
-    return {
-        "dry_run": True,
-        "version": version,
-        "new_scenes": sorted(set(added["product"])),
-        "rejected_scenes": dict(
-            zip(
-                scenes.loc[scenes["status"] != OK, "product"], scenes.loc[scenes["status"] != OK, "reason"], strict=True
-            )
-        ),
-        "new_observations": len(added),
-        "new_locations": int((~plan.locations["location_id"].isin(known_ids)).sum()),
-        "retired_observations": int((~old["obs"].isin(plan.observations["obs"])).sum()),
-        "observations_after": len(plan.observations),
-    }
+    rejected = scenes[scenes["status"] != OK]
+    return DryRun(
+        version=version,
+        new_scenes=sorted(set(added["product"])),
+        rejected_scenes=dict(zip(rejected["product"], rejected["reason"], strict=True)),
+        new_observations=len(added),
+        new_locations=int((~plan.locations["location_id"].isin(known_ids)).sum()),
+        retired_observations=int((~old["obs"].isin(plan.observations["obs"])).sum()),
+        observations_after=len(plan.observations),
+    )
 
 
 def _materialize(
-    client: Client, paths: CorpusPaths, scenes: pd.DataFrame, added: pd.DataFrame, rules: Rules, progress: bool
-) -> tuple[pd.DataFrame, dict[str, str]]:
+    client: Client,
+    paths: CorpusLayout,
+    scenes: pd.DataFrame,
+    added: pd.DataFrame,
+    rules: Rules,
+    progress: Progress | None,
+) -> tuple[pd.DataFrame, dict[str, tuple[Rejection, str]]]:
     """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
-    hrefs = {p: json.loads(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    hrefs = {p: dict(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
     observations = added.assign(href=added["product"].map(hrefs), train=added["split"] == "train")
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
@@ -375,14 +358,15 @@ def _materialize(
         )
         for s in todo
     ]
-    failures = {r["href"]: r["reason"] for r in _run(client, tasks, "materialize", progress) if r is not None}
+    done = _run(client, tasks, "materialize", progress)
+    failures = {r["href"]: (Rejection(r["rejection"]), r["reason"]) for r in done if r is not None}
     if failures:
         return pd.DataFrame(), failures
     results = [ShardResult(**_marker(paths, int(s))[0]) for s in sorted(groups)]
     return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__)), {}
 
 
-def _marker(paths: CorpusPaths, shard: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _marker(paths: CorpusLayout, shard: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A written shard's marker: its ShardResult fields, and the band moments of its training patches."""
     marker = json.loads(shard_marker(paths, shard).read_text())
     moments = marker.pop("moments")
@@ -394,12 +378,17 @@ def materialize_task(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nda
     try:
         materialize_shard(corpus, shard, rows, bands)
     except SceneReadError as error:
-        return {"href": error.href, "reason": str(error)}
+        return {"href": error.href, "rejection": str(error.code), "reason": str(error)}
     return None
 
 
 def _moments(
-    client: Client, corpus: Path, observations: pd.DataFrame, base: CorpusReader | None, n_bands: int, progress: bool
+    client: Client,
+    corpus: Path,
+    observations: pd.DataFrame,
+    base: CorpusReader | None,
+    n_bands: int,
+    progress: Progress | None,
 ) -> pd.DataFrame:
     """Per-shard band moments of the training split; shards whose training patches did not change reuse
     the previous version's moments, the others are computed, one task per shard."""
@@ -407,7 +396,7 @@ def _moments(
     groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
     keys = {s: moments_key(obs) for s, obs in groups.items()}
     known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
-    written = [_marker(CorpusPaths(corpus), s)[1] for s in groups if shard_marker(CorpusPaths(corpus), s).exists()]
+    written = [_marker(CorpusLayout(corpus), s)[1] for s in groups if shard_marker(CorpusLayout(corpus), s).exists()]
     if written:  # computed from the patches while they were written: no second read
         fresh_rows = pd.DataFrame(written).set_index("key")
         known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])
@@ -424,38 +413,47 @@ def _moments(
     return pd.DataFrame(rows, columns=["shard", "key", "count", "mean", "m2"])
 
 
-def band_statistics(moments: pd.DataFrame, n_bands: int) -> dict[str, Any]:
+def band_statistics(moments: pd.DataFrame, n_bands: int) -> BandStatistics:
     """Pool per-shard moments into the per-band mean and std (DN) of the training split."""
     parts = [
         Moments(np.asarray(c, np.int64), np.asarray(m), np.asarray(q))
         for c, m, q in zip(moments["count"], moments["mean"], moments["m2"], strict=True)
     ]
     total = merge_all(parts, n_bands)
-    return {
-        "split": "train",
-        "units": "DN (reflectance x 10000)",
-        "count": total.count.tolist(),
-        "mean": total.mean.tolist(),
-        "std": total.std.tolist(),
-    }
+    return BandStatistics(
+        split="train",
+        units="DN (reflectance x 10000)",
+        count=total.count.tolist(),
+        mean=total.mean.tolist(),
+        std=total.std.tolist(),
+    )
 
 
 def _run(
-    client: Client, tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]], desc: str, progress: bool
+    client: Client,
+    tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]],
+    stage: str,
+    progress: Progress | None,
 ) -> list[Any]:
-    """Run tasks on the cluster with a progress bar; return results in task order, or raise the first error."""
-    futures = [client.submit(fn, *args, key=key, pure=False) for key, fn, args in tasks]
-    with tqdm(total=len(futures), desc=f"{desc:<11}", unit="task", disable=not progress) as bar:
-        for future in as_completed(futures):
-            if future.status == "error":
-                error = future.exception()
-                raise BuildError(f"task {future.key}: {type(error).__name__}: {error}") from error
-            bar.update()
+    """Run tasks on the cluster, telling ``progress``; return results in task order, or raise the first error.
+
+    Task keys name what they do and end with a token of this call, so that runs sharing a scheduler never
+    take each other's results.
+    """
+    token = uuid.uuid4().hex[:8]
+    futures = [client.submit(fn, *args, key=f"{key}-{token}", pure=False) for key, fn, args in tasks]
+    tell = progress or (lambda stage, done, total: None)
+    tell(stage, 0, len(futures))
+    for done, future in enumerate(as_completed(futures), start=1):
+        if future.status == "error":
+            error = future.exception()
+            raise BuildError(f"task {future.key}: {type(error).__name__}: {error}") from error
+        tell(stage, done, len(futures))
     return [future.result() for future in futures]
 
 
 def _commit(
-    paths: CorpusPaths,
+    paths: CorpusLayout,
     options: BuildOptions,
     base: CorpusReader | None,
     version: int,
@@ -463,7 +461,7 @@ def _commit(
     plan: Plan,
     shards: pd.DataFrame,
     moments: pd.DataFrame,
-) -> dict[str, Any]:
+) -> Manifest:
     """Assemble the version's tables, write the observation coordinates and publish."""
     scenes = tables.count_per_scene(scenes, plan)
     observations = tables.observation_table(plan.observations, scenes)
@@ -485,7 +483,7 @@ def _commit(
     return commit_version(paths, version, version_tables, metadata, stats, json.loads(json.dumps(run, default=str)))
 
 
-def _write_coordinates(paths: CorpusPaths, observations: pd.DataFrame) -> None:
+def _write_coordinates(paths: CorpusLayout, observations: pd.DataFrame) -> None:
     write_obs_coordinates(
         paths.zarr,
         observations["obs"].to_numpy(),
@@ -505,30 +503,25 @@ def _write_coordinates(paths: CorpusPaths, observations: pd.DataFrame) -> None:
     )
 
 
-def _corpus_metadata(options: BuildOptions) -> dict[str, Any]:
+def _corpus_metadata(options: BuildOptions) -> CorpusMetadata:
     """What ``corpus.json`` records once, at the first build: rules, bands, first source."""
     bands = band_table().set_index("band").loc[selected_bands(options.rules.bands)].reset_index()
-    metadata = {
-        "software_version": _software_version(),
-        "source": options.source,
-        "query": options.query.as_dict(),
-        "rules": options.rules.as_dict(),
-        "bands": bands.to_dict(orient="list"),
-    }
-    result: dict[str, Any] = json.loads(json.dumps(metadata, default=str))
-    return result
+    return CorpusMetadata(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        software_version=_software_version(),
+        source=options.source,
+        query=json.loads(json.dumps(options.query.as_dict(), default=str)),
+        rules=options.rules.as_dict(),
+        bands=bands.to_dict(orient="list"),
+    )
 
 
 def _software_version() -> str:
     return package_version("spectral-corpus")
 
 
-def _say(progress: bool, line: str) -> None:
-    if progress:
-        print(line, file=sys.stderr, flush=True)
-
-
-def resplit_corpus(options: BuildOptions, **split: Any) -> dict[str, Any]:
+def resplit_corpus(options: BuildOptions, **split: Any) -> Published | Unchanged:
     """Re-draw the splits with other settings and recompute the statistics; publish version N+1.
 
     ``split`` holds ``split_block_cells``, ``val_fraction``, ``test_fraction`` or ``split_seed``; the
@@ -539,7 +532,7 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> dict[str, Any]:
         base = CorpusReader(options.out)
         rules = replace(Rules.from_dict(base.rules), **split)
         if rules == Rules.from_dict(base.rules):  # splits are a pure function of the rules
-            return {**base.manifest, "unchanged": True}
+            return Unchanged(base.version)
         locations = base.table("locations")
         locations["split"] = assign_splits(
             locations, rules.split_block_cells, rules.val_fraction, rules.test_fraction, rules.split_seed
@@ -559,7 +552,7 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> dict[str, Any]:
             moments=moments,
             retired=base.table("retired"),
         )
-        metadata = {**base.metadata, "rules": rules.as_dict()}
+        metadata = replace(base.metadata, rules=rules.as_dict())
         stats = band_statistics(moments, len(selected_bands(rules.bands)))
         run: dict[str, object] = {"command": "resplit", "split": split, "software_version": _software_version()}
-        return commit_version(base.paths, base.version + 1, version_tables, metadata, stats, run)
+        return Published(commit_version(base.paths, base.version + 1, version_tables, metadata, stats, run))

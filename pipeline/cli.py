@@ -6,16 +6,23 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rasters import RASTER_FORMATS
+from spectral_corpus.errors import SpectralCorpusError
+from spectral_corpus.pipeline.errors import UsageError
+from spectral_corpus.pipeline.outcomes import DryRun, Unchanged
+from spectral_corpus.pipeline.progress import TaskBars
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.training.train_cli import add_train_parser
 
 if TYPE_CHECKING:
+    from spectral_corpus.corpus_format import Manifest
     from spectral_corpus.pipeline.build import BuildOptions
 
 log = logging.getLogger("spectral_corpus")
@@ -30,10 +37,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return int(args.run(args))
-    except (ValueError, RuntimeError, OSError) as error:
+        with _stage_lines(not getattr(args, "quiet", False)):
+            return int(args.run(args))
+    except SpectralCorpusError as error:
         print(f"spectral-corpus {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def _stage_lines(show: bool) -> Iterator[None]:
+    """While a command runs, show the pipeline's stage lines (its INFO log) on stderr as plain lines."""
+    if not show:
+        yield
+        return
+    pipeline_log = logging.getLogger("spectral_corpus.pipeline")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = pipeline_log.level, pipeline_log.propagate
+    pipeline_log.addHandler(handler)
+    pipeline_log.setLevel(logging.INFO)
+    pipeline_log.propagate = False  # else the root handler prints them a second time
+    try:
+        yield
+    finally:
+        pipeline_log.removeHandler(handler)
+        pipeline_log.setLevel(level)
+        pipeline_log.propagate = propagate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_rule_options(build)
     build.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
     build.add_argument("--scheduler", help="address of an existing Dask scheduler (instead of a local cluster)")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
     build.set_defaults(run=_build)
 
     extend = commands.add_parser("extend", help="add new acquisitions to a corpus and publish a new version")
@@ -164,7 +193,7 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
 
 def _query(args: argparse.Namespace) -> SceneQuery:
     if args.min_quality is not None:
-        raise ValueError(MIN_QUALITY_GONE.format(q=args.min_quality))
+        raise UsageError(MIN_QUALITY_GONE.format(q=args.min_quality))
     return SceneQuery.from_options(
         collection=args.collection,
         bbox=args.bbox,
@@ -203,22 +232,22 @@ def _source_options(args: argparse.Namespace, out: Path, rules: Rules) -> BuildO
         rules=rules,
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=not args.quiet,
+        progress=None if args.quiet else TaskBars(),
     )
 
 
-def _published(corpus: Path, manifest: dict[str, Any]) -> str:
+def _published(corpus: Path, manifest: Manifest) -> str:
     """One line on a newly published version."""
     return (
-        f"published {corpus} version {manifest['version']}: {manifest['n_obs']} observations at "
-        f"{manifest['n_locations']} locations in {manifest['n_shards']} shards"
+        f"published {corpus} version {manifest.version}: {manifest.n_obs} observations at "
+        f"{manifest.n_locations} locations in {manifest.n_shards} shards"
     )
 
 
 def _build(args: argparse.Namespace) -> int:
     from spectral_corpus.pipeline.build import build_corpus
 
-    print(_published(args.out, build_corpus(_source_options(args, args.out, _rules(args)))))
+    print(_published(args.out, build_corpus(_source_options(args, args.out, _rules(args))).manifest))
     return 0
 
 
@@ -227,12 +256,12 @@ def _extend(args: argparse.Namespace) -> int:
 
     options = _source_options(args, args.corpus, Rules())  # the rules are replaced by the corpus's own
     result = extend_corpus(options, dry_run=args.dry_run)
-    if args.dry_run:
-        print(json.dumps(result, indent=2))
-    elif result.get("unchanged"):
-        print(f"{args.corpus}: nothing new in {args.source}; version {result['version']} stays current")
+    if isinstance(result, DryRun):
+        print(json.dumps({"dry_run": True, **asdict(result)}, indent=2))
+    elif isinstance(result, Unchanged):
+        print(f"{args.corpus}: nothing new in {args.source}; version {result.version} stays current")
     else:
-        print(f"{_published(args.corpus, result)} ({result['n_retired']} retired)")
+        print(f"{_published(args.corpus, result.manifest)} ({result.manifest.n_retired} retired)")
     return 0
 
 
@@ -246,15 +275,15 @@ def _resplit(args: argparse.Namespace) -> int:
         rules=Rules(),
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=not args.quiet,
+        progress=None if args.quiet else TaskBars(),
     )
     names = ("split_block_cells", "val_fraction", "test_fraction", "split_seed")
     changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    manifest = resplit_corpus(options, **changes)
-    if manifest.get("unchanged"):
-        print(f"{args.corpus}: splits unchanged; version {manifest['version']} stays current")
+    result = resplit_corpus(options, **changes)
+    if isinstance(result, Unchanged):
+        print(f"{args.corpus}: splits unchanged; version {result.version} stays current")
     else:
-        print(f"published {args.corpus} version {manifest['version']} with new splits and statistics")
+        print(f"published {args.corpus} version {result.version} with new splits and statistics")
     return 0
 
 
@@ -295,8 +324,8 @@ def _verify(args: argparse.Namespace) -> int:
     if problems:
         return 1
     print(
-        f"{args.corpus} version {reader.version}: {reader.manifest['n_shards']} shards and "
-        f"{reader.manifest['n_obs']} observations verified"
+        f"{args.corpus} version {reader.version}: {reader.manifest.n_shards} shards and "
+        f"{reader.manifest.n_obs} observations verified"
     )
     return 0
 
@@ -305,7 +334,7 @@ def _export(args: argparse.Namespace) -> int:
     from spectral_corpus.pipeline.export import export_spectralearth
     from spectral_corpus.pipeline.reader import CorpusReader
 
-    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=True)
+    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=TaskBars())
     print(f"wrote {count} patches to {args.dest / 'enmap'}")
     return 0
 
@@ -323,19 +352,25 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from spectral_corpus.catalog.synth import write_example
+    from spectral_corpus.corpus_format import CorpusLayout
     from spectral_corpus.pipeline.build import BuildOptions, build_corpus
     from spectral_corpus.pipeline.info import corpus_summary, format_summary
     from spectral_corpus.pipeline.reader import CorpusReader
 
     products, corpus = args.directory / "products", args.directory / "corpus"
-    if (corpus / "CURRENT").exists():
+    if CorpusLayout(corpus).current.exists():
         print(f"{corpus} already built; showing it (remove {args.directory} to start again)")
     else:
         example = write_example(products)
         print(f"wrote {len(example.products)} example products to {example.archive}")
         build_corpus(
             BuildOptions(
-                source=str(example.archive), out=corpus, query=SceneQuery(), rules=Rules(), workers=args.workers
+                source=str(example.archive),
+                out=corpus,
+                query=SceneQuery(),
+                rules=Rules(),
+                workers=args.workers,
+                progress=TaskBars(),
             )
         )
     print(format_summary(corpus_summary(CorpusReader(corpus))))

@@ -10,26 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from tqdm import tqdm
 
 from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.pipeline.progress import Progress
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.grid import PATCH_PX, cell_transform
 
 
-def export_spectralearth(reader: CorpusReader, dest: Path, progress: bool = False) -> int:
+def export_spectralearth(reader: CorpusReader, dest: Path, progress: Progress | None = None) -> int:
     """Write every observation of the version as a GeoTIFF; return how many were written."""
     observations = reader.table("observations")
-    bands = reader.metadata["bands"]
+    bands = reader.metadata.bands
     descriptions = [f"band {b} ({c:.1f} nm)" for b, c in zip(bands["band"], bands["center_nm"], strict=True)]
     written = 0
-    for _, shard in tqdm(observations.groupby("shard"), desc="export", disable=not progress):
+    shards = observations.groupby("shard")
+    tell = progress or (lambda stage, done, total: None)
+    tell("export", 0, len(shards))
+    for done, (_, shard) in enumerate(shards, start=1):
         first, last = int(shard["obs"].min()), int(shard["obs"].max())
         block = np.asarray(reader.patches[first : last + 1])  # one read per shard
         for row in shard.itertuples(index=False):
             path = dest / "enmap" / f"{row.location_id:07d}" / f"{row.scene_id:05d}.tif"
             _write_patch(path, block[row.obs - first], int(row.epsg), int(row.ix), int(row.iy), descriptions)
             written += 1
+        tell("export", done, len(shards))
     return written
 
 

@@ -8,43 +8,15 @@ import numpy as np
 import pandas as pd
 
 from spectral_corpus.catalog.bands import N_BANDS, band_table
+from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.plan import DROP_REASONS
 
-#: How rejection reasons are grouped in the summary: (substring of the reason, group), first match wins.
-REASON_GROUPS = (
-    ("superseded", "superseded by a newer processor version"),
-    ("another copy", "duplicate copy of a product"),
-    ("truncated", "truncated file"),
-    ("data is corrupt", "corrupt raster data"),
-    ("unsafe", "unsafe archive member"),
-    ("resolves outside the archive", "unsafe archive member"),
-    ("corrupt ZIP", "corrupt ZIP file"),
-    ("EnMAP L2A products have", "wrong band count"),
-    ("disagrees with the image", "METADATA.XML or STAC item disagrees with the image"),
-    ("METADATA.XML", "missing or bad METADATA.XML"),
-    ("image asset", "no spectral image"),
-    ("no SPECTRAL_IMAGE", "no spectral image"),
-    ("bands, expected", "wrong band count"),
-    ("dtype", "wrong data type"),
-    ("quality layer", "missing or bad quality layers"),
-    ("CRS", "CRS or grid off the EnMAP lattice"),
-    ("geotransform", "CRS or grid off the EnMAP lattice"),
-    ("lattice", "CRS or grid off the EnMAP lattice"),
-    ("no valid pixels", "no valid pixels"),
-)
 
-
-def reason_group(reason: str) -> str:
-    """The group a rejection reason belongs to (``unreadable`` when none matches).
-
-    A reason that starts with the file it is about (``/path/x.TIF: ...``) is matched after that prefix,
-    so words in the path cannot decide the group.
-    """
-    if reason.startswith(("/", "http://", "https://")) and ": " in reason:
-        reason = reason.split(": ", 1)[1]
-    return next((group for text, group in REASON_GROUPS if text in reason), "unreadable")
+def rejection_label(code: str | None) -> str:
+    """How the summaries name a rejection code (a scene table's ``rejection`` column)."""
+    return Rejection(code).label if code else Rejection.UNREADABLE.label
 
 
 def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
@@ -64,8 +36,9 @@ def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
             "total": len(scenes),
             "used": int((scenes["status"] == OK).sum()),
             "rejected": len(rejected),
-            "rejected_by_reason": rejected["reason"].map(reason_group).value_counts().sort_index().to_dict(),
+            "rejected_by_reason": rejected["rejection"].map(rejection_label).value_counts().sort_index().to_dict(),
             "rejected_scenes": dict(zip(rejected["product"], rejected["reason"], strict=True)),
+            "rejected_as": dict(zip(rejected["product"], rejected["rejection"].map(rejection_label), strict=True)),
         },
         "candidates": len(candidates),
         "dropped": {reason: int(dropped.get(reason, 0)) for reason in DROP_REASONS},

@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-
-class CorpusLockedError(RuntimeError):
-    """Another process is writing the corpus."""
+from spectral_corpus.pipeline.errors import CorpusLockedError
 
 
 @contextmanager

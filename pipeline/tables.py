@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
+from spectral_corpus.corpus_format import FLAGS, PATCH_PX
 from spectral_corpus.stages.inspect import InspectResult
 from spectral_corpus.stages.plan import KEY, Plan
-from spectral_corpus.stages.rules import FLAGS
 
-PATCH_PIXELS = 128 * 128
 OBSERVATION_COLUMNS = [
     "obs",
     "shard",
@@ -54,18 +54,20 @@ def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame
 
 def apply_inspection(scenes: pd.DataFrame, inspected: list[InspectResult]) -> pd.DataFrame:
     """Mark scenes that failed inspection as rejected and fill in CRS codes read from the files."""
-    scenes = reject(scenes, {r.product: r.reason for r in inspected if r.status == REJECTED})
+    failed = {r.product: (r.rejection or Rejection.UNREADABLE, r.reason) for r in inspected if r.status == REJECTED}
+    scenes = reject(scenes, failed)
     epsg = {r.product: r.epsg for r in inspected if r.epsg is not None}
     scenes["epsg"] = scenes["product"].map(epsg).astype("Int64").fillna(scenes["epsg"])
     return scenes
 
 
-def reject(scenes: pd.DataFrame, reasons: dict[str, str]) -> pd.DataFrame:
-    """The scene table with the named products rejected for the given reasons."""
+def reject(scenes: pd.DataFrame, reasons: dict[str, tuple[Rejection, str]]) -> pd.DataFrame:
+    """The scene table with the named products rejected: product -> (code, reason)."""
     scenes = scenes.copy()
     failed = scenes["product"].isin(list(reasons))
     scenes.loc[failed, "status"] = REJECTED
-    scenes.loc[failed, "reason"] = scenes.loc[failed, "product"].map(reasons)
+    scenes.loc[failed, "rejection"] = scenes.loc[failed, "product"].map(lambda p: str(reasons[p][0]))
+    scenes.loc[failed, "reason"] = scenes.loc[failed, "product"].map(lambda p: reasons[p][1])
     return scenes
 
 
@@ -80,7 +82,7 @@ def count_per_scene(scenes: pd.DataFrame, plan: Plan) -> pd.DataFrame:
 def observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.DataFrame:
     """Public observation columns: ids, placement, time, pixel window and flag fractions."""
     table = observations.merge(scenes[["product", "scene_id"]], on="product", how="left")
-    fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PIXELS).astype("float32") for flag in FLAGS}
+    fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PX**2).astype("float32") for flag in FLAGS}
     return table.assign(**fractions)[OBSERVATION_COLUMNS].sort_values("obs").reset_index(drop=True)
 
 
@@ -110,10 +112,13 @@ def retired_table(
     gone = base_obs.loc[~base_obs["obs"].isin(plan.observations["obs"]), ["obs", "product", *KEY]]
     cells = plan.candidates[["product", *KEY, "drop_reason"]].drop_duplicates(["product", *KEY])
     gone = gone.merge(cells, on=["product", *KEY], how="left")
-    scene_reasons = gone["product"].map(scenes.set_index("product")["reason"]).fillna("")
+    by_product = scenes.set_index("product")
+    superseded = gone["product"].map(by_product["rejection"] == Rejection.SUPERSEDED).fillna(False)
     why = [
-        scene if scene.startswith("superseded") else CELL_RETIRED.get(cell, "displaced by a better observation")
-        for scene, cell in zip(scene_reasons, gone["drop_reason"], strict=True)
+        by_product.at[product, "reason"]
+        if was_superseded
+        else CELL_RETIRED.get(cell, "displaced by a better observation")
+        for product, was_superseded, cell in zip(gone["product"], superseded, gone["drop_reason"], strict=True)
     ]
     retired = gone[["obs", "product", *KEY]].assign(retired_in=version, reason=why)
     frames = [f for f in (base_retired, retired) if f is not None and len(f)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spectral_corpus.corpus_format import TABLES
 from spectral_corpus.pipeline.reader import CorpusReader
-from spectral_corpus.stages.commit import TABLES
 from spectral_corpus.stages.store import sha256_file
 
 
@@ -24,13 +24,12 @@ def verify_corpus(reader: CorpusReader) -> list[str]:
 
 
 def _check_table_files(reader: CorpusReader) -> list[str]:
-    folder = reader.paths.version_dir(reader.version)
     problems = []
     for name in TABLES:
-        path = folder / f"{name}.parquet"
+        path = reader.paths.table(reader.version, name)
         if not path.exists():
             problems.append(f"{path}: table is missing")
-        elif sha256_file(path) != reader.manifest["tables"][name]:
+        elif sha256_file(path) != reader.manifest.tables[name]:
             problems.append(f"{path}: checksum differs from the manifest")
     return problems
 
@@ -49,8 +48,8 @@ def _check_shards(reader: CorpusReader, shards: pd.DataFrame) -> list[str]:
 def _check_observations(reader: CorpusReader, observations: pd.DataFrame, shards: pd.DataFrame) -> list[str]:
     problems = []
     size = int((reader.patches.shards or reader.patches.chunks)[0])
-    if len(observations) != reader.manifest["n_obs"]:
-        problems.append(f"observations table has {len(observations)} rows, manifest says {reader.manifest['n_obs']}")
+    if len(observations) != reader.manifest.n_obs:
+        problems.append(f"observations table has {len(observations)} rows, manifest says {reader.manifest.n_obs}")
     if observations["obs"].duplicated().any():
         problems.append("observations table lists an obs index twice")
     beyond = observations[observations["obs"] >= reader.patches.shape[0]]

@@ -6,19 +6,28 @@ replaced atomically: until that last rename a reader sees the previous version, 
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import pandas as pd
 
+from spectral_corpus.corpus_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    TABLES,
+    BandStatistics,
+    CorpusLayout,
+    CorpusMetadata,
+    Manifest,
+    read_document,
+    write_table,
+)
 from spectral_corpus.stages.failpoints import failpoint
-from spectral_corpus.stages.store import FORMAT_NAME, FORMAT_VERSION, CorpusPaths, sha256_file, write_json_atomic
-
-TABLES = ("scenes", "locations", "observations", "candidates", "shards", "moments", "retired")
+from spectral_corpus.stages.store import sha256_file, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -35,13 +44,13 @@ class VersionTables:
 
 
 def commit_version(
-    paths: CorpusPaths,
+    paths: CorpusLayout,
     version: int,
     tables: VersionTables,
-    metadata: dict[str, object],
-    stats: dict[str, object],
-    run: dict[str, object],
-) -> dict:
+    metadata: CorpusMetadata,
+    stats: BandStatistics,
+    run: dict[str, Any],
+) -> Manifest:
     """Write version ``version``'s tables and manifest (band statistics, what made it), then publish it.
 
     ``metadata`` (rules, bands) goes to ``corpus.json``; ``run`` (source, query) to the manifest.
@@ -53,43 +62,37 @@ def commit_version(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in TABLES:
-        _write_table(getattr(tables, name), staging / f"{name}.parquet")
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "version": version,
-        "parent": version - 1 if version > 1 else None,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n_obs": len(tables.observations),
-        "n_locations": int((tables.locations["n_obs"] > 0).sum()),
-        "n_retired": int((tables.retired["retired_in"] == version).sum()),
-        "n_shards": len(tables.shards),
-        "tables": {name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
-        "stats": stats,
-        "run": run,
-        "rules": metadata["rules"],
-    }
-    write_json_atomic(staging / "manifest.json", manifest)
+        write_table(getattr(tables, name), staging / f"{name}.parquet", name)
+    manifest = Manifest(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        version=version,
+        parent=version - 1 if version > 1 else None,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        n_obs=len(tables.observations),
+        n_locations=int((tables.locations["n_obs"] > 0).sum()),
+        n_retired=int((tables.retired["retired_in"] == version).sum()),
+        n_shards=len(tables.shards),
+        tables={name: sha256_file(staging / f"{name}.parquet") for name in TABLES},
+        stats=stats,
+        run=run,
+        rules=metadata.rules,
+    )
+    write_json_atomic(staging / MANIFEST, manifest.to_json())
+    metadata = replace(metadata, format=FORMAT_NAME, format_version=FORMAT_VERSION)
     if not paths.metadata.exists():  # first version: a reader needs it to recognise the corpus at all
-        write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
+        write_json_atomic(paths.metadata, metadata.to_json())
     failpoint("commit-staged")
     staging.rename(final)
     failpoint("commit-renamed")
     write_json_atomic(paths.current, {"version": version})
     # corpus.json describes the current version; each manifest keeps the rules it was made with
-    write_json_atomic(paths.metadata, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata})
+    write_json_atomic(paths.metadata, metadata.to_json())
     return manifest
 
 
-def read_current(paths: CorpusPaths) -> int | None:
+def read_current(paths: CorpusLayout) -> int | None:
     """The published version number, or None before the first commit."""
     if not paths.current.exists():
         return None
-    return int(json.loads(paths.current.read_text())["version"])
-
-
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    if isinstance(table, gpd.GeoDataFrame):
-        table.to_parquet(path, index=False, schema_version="1.0.0")
-    else:
-        table.to_parquet(path, index=False)
+    return int(read_document(paths.current)["version"])

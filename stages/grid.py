@@ -14,14 +14,11 @@ import numpy as np
 from affine import Affine
 from pyproj import CRS
 
-PATCH_PX = 128
-PIXEL_M = 30
+from spectral_corpus.corpus_format import PATCH_PX, PIXEL_M
+from spectral_corpus.stages.errors import GridError
+
 CELL_M = PATCH_PX * PIXEL_M
 ANCHOR_M = 15
-
-
-class GridError(ValueError):
-    """A raster does not sit on the EnMAP 30 m lattice in a UTM zone."""
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from spectral_corpus.catalog.bands import N_BANDS, NODATA
-from spectral_corpus.catalog.errors import ProductError
 from spectral_corpus.catalog.hrefs import local_size
 from spectral_corpus.catalog.metadata import projection_name
 from spectral_corpus.catalog.product import REQUIRED_QUALITY
+from spectral_corpus.catalog.rejections import RejectedError, Rejection
 from spectral_corpus.catalog.scenes import METADATA_XML, OK, REJECTED, SceneRecord
 from spectral_corpus.stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
@@ -45,16 +45,13 @@ CANDIDATE_COLUMNS = [
 ]
 
 
-class ProductCheckError(ValueError):
-    """A product file fails a check; the message names the file and the reason."""
-
-
 @dataclass(frozen=True)
 class InspectResult:
     """The outcome of inspecting one scene."""
 
     product: str
     status: str
+    rejection: Rejection | None = None
     reason: str = ""
     epsg: int | None = None
     candidates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CANDIDATE_COLUMNS))
@@ -64,8 +61,12 @@ def inspect_scene(record: SceneRecord) -> InspectResult:
     """Validate a scene and count its flagged pixels per cell; never raises for bad input."""
     try:
         epsg, flags = _read_flags(record)
-    except (ProductCheckError, ProductError, GridError, RasterioError, OSError, zipfile.BadZipFile) as error:
-        return InspectResult(record.product, REJECTED, reason=str(error))
+    except RejectedError as error:
+        return InspectResult(record.product, REJECTED, error.code, str(error))
+    except GridError as error:
+        return InspectResult(record.product, REJECTED, Rejection.OFF_LATTICE, str(error))
+    except (RasterioError, OSError, zipfile.BadZipFile) as error:
+        return InspectResult(record.product, REJECTED, Rejection.UNREADABLE, str(error))
     return InspectResult(record.product, OK, epsg=epsg, candidates=_count_cells(record.product, epsg, flags))
 
 
@@ -80,10 +81,11 @@ class _Flags:
 def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
     assets = record.asset_map
     if "image" not in assets:
-        raise ProductCheckError(f"{record.product}: no spectral image asset")
+        raise RejectedError(Rejection.NO_IMAGE, f"{record.product}: no spectral image asset")
     missing = [key for key in REQUIRED_QUALITY if key not in assets]
     if missing:
-        raise ProductCheckError(f"{record.product}: missing quality layer(s) {', '.join(missing)}")
+        missing_layers = f"{record.product}: missing quality layer(s) {', '.join(missing)}"
+        raise RejectedError(Rejection.QUALITY_LAYERS, missing_layers)
     href = assets["image"]
     with rasterio.open(href) as image:
         _check_image(image, href)
@@ -102,17 +104,17 @@ def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
         "water": layers["quality_classes"] == 2,
     }
     if masks["nodata"].all():
-        raise ProductCheckError(f"{href}: no valid pixels (the whole scene is nodata)")
+        raise RejectedError(Rejection.NO_VALID_PIXELS, f"{href}: no valid pixels (the whole scene is nodata)")
     return epsg, _Flags(transform, shape[1], shape[0], masks)
 
 
 def _check_image(image: rasterio.DatasetReader, href: str) -> None:
     if image.count != N_BANDS:
-        raise ProductCheckError(f"{href}: spectral image has {image.count} bands, expected {N_BANDS}")
+        raise RejectedError(Rejection.BAND_COUNT, f"{href}: spectral image has {image.count} bands, expected {N_BANDS}")
     if set(image.dtypes) != {"int16"}:
-        raise ProductCheckError(f"{href}: spectral image dtype {image.dtypes[0]}, expected int16")
+        raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image dtype {image.dtypes[0]}, expected int16")
     if image.nodata is not None and image.nodata != NODATA:
-        raise ProductCheckError(f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
+        raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
     _check_blocks_present(image, href)
 
 
@@ -131,7 +133,8 @@ def _check_catalog(record: SceneRecord, image: rasterio.DatasetReader, epsg: int
         if said is not None and said != found
     ]
     if differ:
-        raise ProductCheckError(f"{href}: {source} disagrees with the image: {'; '.join(differ)}")
+        disagreement = f"{href}: {source} disagrees with the image: {'; '.join(differ)}"
+        raise RejectedError(Rejection.CATALOG_DISAGREES, disagreement)
 
 
 def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:
@@ -139,14 +142,19 @@ def _read_band(dataset: rasterio.DatasetReader, href: str) -> np.ndarray:
     try:
         return dataset.read(1)
     except RasterioError as error:
-        causes: list[str] = []
-        cause: BaseException | None = error
-        while cause is not None:
-            text = str(cause).strip()
-            if text and not text.startswith("Read failed") and not any(text in known for known in causes):
-                causes.append(text)
-            cause = cause.__cause__
-        raise ProductCheckError(f"{href}: data is corrupt ({'; '.join(causes) or error})") from error
+        raise RejectedError(Rejection.CORRUPT_DATA, f"{href}: data is corrupt ({gdal_reasons(error)})") from error
+
+
+def gdal_reasons(error: BaseException) -> str:
+    """GDAL's own words for a failed read, from the whole chain of causes (rasterio wraps them)."""
+    causes: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None:
+        text = str(cause).strip()
+        if text and not text.startswith("Read failed") and not any(text in known for known in causes):
+            causes.append(text)
+        cause = cause.__cause__
+    return "; ".join(causes) or str(error)
 
 
 def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
@@ -165,13 +173,15 @@ def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
                 if offset is not None and length is not None:
                     end = max(end, int(offset) + int(length))
     if end > size:
-        raise ProductCheckError(f"{href}: file is truncated ({size} bytes, image data extends to {end})")
+        truncated = f"{href}: file is truncated ({size} bytes, image data extends to {end})"
+        raise RejectedError(Rejection.TRUNCATED, truncated)
 
 
 def _read_layer(href: str, shape: tuple[int, int], transform: object) -> np.ndarray:
     with rasterio.open(href) as layer:
         if layer.shape != shape or layer.transform != transform:
-            raise ProductCheckError(f"{href}: quality layer grid {layer.shape} differs from the image {shape}")
+            reason = f"{href}: quality layer grid {layer.shape} differs from the image {shape}"
+            raise RejectedError(Rejection.QUALITY_LAYERS, reason)
         return _read_band(layer, href)
 
 

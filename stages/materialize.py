@@ -19,16 +19,19 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.catalog.rejections import RejectedError, Rejection
+from spectral_corpus.corpus_format import PATCHES, CorpusLayout
 from spectral_corpus.stages.grid import PATCH_PX
+from spectral_corpus.stages.inspect import gdal_reasons
 from spectral_corpus.stages.stats import moments_key, moments_of
-from spectral_corpus.stages.store import PATCHES, CorpusPaths, sha256_file, write_json_atomic
+from spectral_corpus.stages.store import sha256_file, write_json_atomic
 
 
-class SceneReadError(OSError):
-    """A scene's spectral image cannot be read where the shard needs it."""
+class SceneReadError(RejectedError):
+    """A scene's spectral image cannot be read where the shard needs it (``href``: which image)."""
 
-    def __init__(self, href: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, href: str, code: Rejection, message: str) -> None:
+        super().__init__(code, message)
         self.href = href
 
 
@@ -55,7 +58,7 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     band moments are computed from the patches in memory and kept in the marker). ``bands`` are
     1-based band numbers.
     """
-    paths = CorpusPaths(corpus)
+    paths = CorpusLayout(corpus)
     rows = rows.sort_values("obs")
     first = int(rows["obs"].iloc[0])
     if not np.array_equal(rows["obs"].to_numpy(), np.arange(first, first + len(rows))):
@@ -91,9 +94,13 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     return result
 
 
-def shard_marker(paths: CorpusPaths, shard: int) -> Path:
+#: The folder of the build's work state where finished shards leave their markers.
+SHARD_MARKERS = "shards"
+
+
+def shard_marker(paths: CorpusLayout, shard: int) -> Path:
     """The marker a finished shard leaves in the build state."""
-    return paths.build / "shards" / f"{shard:06d}.json"
+    return paths.build / SHARD_MARKERS / f"{shard:06d}.json"
 
 
 def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndarray, first: int) -> None:
@@ -102,10 +109,15 @@ def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndar
     height = int(group["row"].max()) + PATCH_PX - row0
     width = int(group["col"].max()) + PATCH_PX - col0
     try:
-        with rasterio.open(href) as image:
-            block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
+        image = rasterio.open(href)
     except RasterioError as error:
-        raise SceneReadError(href, f"{href}: data is corrupt ({error})") from error
+        raise SceneReadError(href, Rejection.UNREADABLE, f"{href}: cannot be opened ({gdal_reasons(error)})") from error
+    with image:
+        try:
+            block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
+        except RasterioError as error:
+            reason = f"{href}: data is corrupt ({gdal_reasons(error)})"
+            raise SceneReadError(href, Rejection.CORRUPT_DATA, reason) from error
     for obs, row, col in zip(group["obs"], group["row"], group["col"], strict=True):
         r, c = int(row) - row0, int(col) - col0
         out[int(obs) - first] = block[:, r : r + PATCH_PX, c : c + PATCH_PX]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-#: Per-pixel flags counted by ``inspect``, in the order used to name a dropped observation's reason.
-FLAGS = ("nodata", "cloud", "cloudshadow", "snow", "haze", "cirrus", "water")
+from spectral_corpus.stages.errors import RulesError
 
 
 @dataclass(frozen=True)
@@ -49,5 +48,5 @@ class Rules:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown rule(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise RulesError(f"unknown rule(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**values)  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from spectral_corpus.stages.errors import RulesError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -27,7 +29,7 @@ def assign_splits(
 ) -> pd.Series:
     """The split of each location (``epsg``, ``ix``, ``iy`` columns), as a Series of split names."""
     if block_cells < 1 or val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction > 1:
-        raise ValueError(f"bad split settings: block of {block_cells} cells, val {val_fraction}, test {test_fraction}")
+        raise RulesError(f"bad split settings: block of {block_cells} cells, val {val_fraction}, test {test_fraction}")
     blocks = pd.DataFrame(
         {"epsg": locations["epsg"], "bx": locations["ix"] // block_cells, "by": locations["iy"] // block_cells}
     )

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 
 from spectral_corpus.catalog.bands import NODATA
-from spectral_corpus.stages.store import PATCHES, CorpusPaths
+from spectral_corpus.corpus_format import PATCHES, CorpusLayout
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def moments_of(patches: np.ndarray, n_bands: int) -> Moments:
 
 def shard_moments(corpus: Path, observations: list[int], n_bands: int) -> Moments:
     """Dask task: the moments of some observations (one shard's), reading one patch at a time."""
-    array = zarr.open_array(CorpusPaths(corpus).zarr, path=PATCHES, mode="r")
+    array = zarr.open_array(CorpusLayout(corpus).zarr, path=PATCHES, mode="r")
     return merge_all([moments_of(np.asarray(array[obs : obs + 1]), n_bands) for obs in observations], n_bands)
 
 

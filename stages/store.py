@@ -1,16 +1,4 @@
-"""The corpus on disk: paths, the Zarr v3 patch array and its codecs.
-
-```
-CORPUS/
-  patches.zarr/          Zarr v3 group: patches (obs, band, y, x) int16, sharded along obs,
-                         one inner chunk per patch; band coordinates wavelength, fwhm, band
-  versions/vNNNN/        immutable tables of version N: scenes, locations, observations, shards
-                         (Parquet / GeoParquet) and manifest.json
-  CURRENT                the name of the published version (replaced atomically)
-  corpus.json            format name and version, rules, bands, source
-  _build/                work state of a running build (resumable); removed on commit
-```
-"""
+"""Write the patch array of a corpus (Zarr v3, layout in ``spectral_corpus.corpus_format``) and its documents."""
 
 from __future__ import annotations
 
@@ -18,7 +6,6 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +13,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 
-from spectral_corpus.stages.grid import PATCH_PX
+from spectral_corpus.corpus_format import PATCH_PX, PATCHES, FormatError
 
-FORMAT_NAME = "spectral-corpus"
-FORMAT_VERSION = 1
-PATCHES = "patches"
 #: Inner-chunk compression: blosc zstd with byte shuffle (lossless; any Zarr v3 reader decodes it).
 PATCH_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle, typesize=2)
-
-
-@dataclass(frozen=True)
-class CorpusPaths:
-    """Where each part of a corpus lives."""
-
-    root: Path
-
-    @property
-    def zarr(self) -> Path:
-        return self.root / "patches.zarr"
-
-    @property
-    def versions(self) -> Path:
-        return self.root / "versions"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "CURRENT"
-
-    @property
-    def metadata(self) -> Path:
-        return self.root / "corpus.json"
-
-    @property
-    def build(self) -> Path:
-        return self.root / "_build"
-
-    def version_dir(self, version: int) -> Path:
-        return self.versions / f"v{version:04d}"
-
-    def shard_file(self, shard: int) -> Path:
-        """The file holding shard ``shard`` of the patch array (default v3 chunk key encoding)."""
-        return self.zarr / PATCHES / "c" / str(shard) / "0" / "0" / "0"
 
 
 def create_patch_array(
@@ -81,7 +31,7 @@ def create_patch_array(
         array = root[PATCHES]
         assert isinstance(array, zarr.Array)
         if array.shape[1:] != (len(bands), PATCH_PX, PATCH_PX) or (array.shards or (0,))[0] != shard_size:
-            raise ValueError(f"{path}: existing patch array {array.shape} has another layout")
+            raise FormatError(f"{path}: existing patch array {array.shape} has another layout")
         if array.shape[0] < n_obs:
             array.resize((n_obs, *array.shape[1:]))
         _band_coordinates(root, wavelengths, fwhm, bands)  # a creation killed midway may have missed them

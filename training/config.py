@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from spectral_corpus.training.errors import TrainConfigError
+
 BACKBONES = ("vit_s", "resnet50")
 #: The views each method takes from a sample.
 VIEW_KEYS = {"mae": ("image",), "moco": ("image", "image2")}
@@ -52,10 +54,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in VIEW_KEYS:
-            raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(VIEW_KEYS)}")
+            raise TrainConfigError(f"unknown method {self.method!r}: expected one of {', '.join(VIEW_KEYS)}")
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+            raise TrainConfigError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown device {self.device!r}: expected auto, cpu or cuda")
+            raise TrainConfigError(f"unknown device {self.device!r}: expected auto, cpu or cuda")
         if min(self.batch_size, self.epochs, self.log_every, self.checkpoint_every) < 1:
-            raise ValueError("batch_size, epochs, log_every and checkpoint_every must be positive")
+            raise TrainConfigError("batch_size, epochs, log_every and checkpoint_every must be positive")

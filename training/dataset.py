@@ -9,7 +9,6 @@ patch reader (``training.shards``); in a worker blosc decodes on the worker's ow
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,13 +21,21 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, get_worker_info
 
+from spectral_corpus.corpus_format import (
+    PIXEL_M,
+    CorpusLayout,
+    FormatError,
+    current_version,
+    read_manifest,
+    read_metadata,
+    read_table,
+)
 from spectral_corpus.training.shards import PatchReader
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 _UNITS = ("location", "observation")
 #: Sample keys of the views, in order.
 VIEW_KEYS = ("image", "image2")
-_PIXEL_M = 30.0
 
 
 class CorpusDataset(Dataset[dict[str, Any]]):
@@ -58,26 +65,26 @@ class CorpusDataset(Dataset[dict[str, Any]]):
     ) -> None:
         if unit not in _UNITS or views not in (1, 2):
             raise ValueError(f"unit must be one of {_UNITS} and views 1 or 2; got unit={unit!r}, views={views}")
-        self.root = Path(corpus)
+        self.layout = CorpusLayout(Path(corpus))
         self.unit, self.normalize, self.transforms, self.seed = unit, normalize, transforms, seed
         self.view_keys = VIEW_KEYS[:views]
-        manifest = _manifest(self.root, version)
-        self.version = int(manifest["version"])
-        observations = _observations(self.root, self.version, split)
+        metadata = read_metadata(self.layout)
+        self.version = current_version(self.layout) if version is None else version
+        manifest = read_manifest(self.layout, self.version)
+        observations = _observations(self.layout, self.version, manifest.format_version, split)
         self._obs = observations["obs"].to_numpy(np.int64)
         self._meta = observations[["location_id", "x", "y", "t", "epsg", "shard"]].to_numpy(np.int64)
         starts = np.flatnonzero(np.r_[True, np.diff(observations["location_id"].to_numpy()) != 0])
         self._stack_start = starts
         self._stack_size = np.diff(np.r_[starts, len(observations)])
-        metadata = json.loads((self.root / "corpus.json").read_text())
-        all_bands = np.asarray(metadata["bands"]["center_nm"], dtype=np.float32) / 1000
+        all_bands = np.asarray(metadata.bands["center_nm"], dtype=np.float32) / 1000
         self.bands = np.arange(len(all_bands)) if bands is None else np.asarray(bands, dtype=np.int64)
         self.wavelength = torch.from_numpy(all_bands[self.bands])
         #: The band positions to take from a stored patch, or None when it is every band in order.
         self._band_take = None if np.array_equal(self.bands, np.arange(len(all_bands))) else self.bands
-        stats = manifest["stats"]
-        self._mean = np.asarray(stats["mean"], dtype=np.float32)[self.bands].reshape(-1, 1, 1)
-        self._inv_std = 1 / np.maximum(np.asarray(stats["std"], dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
+        stats = manifest.stats
+        self._mean = np.asarray(stats.mean, dtype=np.float32)[self.bands].reshape(-1, 1, 1)
+        self._inv_std = 1 / np.maximum(np.asarray(stats.std, dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
         self._normalize = Normalize(self._mean, self._inv_std)  # the same arithmetic as PatchLoader's
         self._reader: PatchReader | None = None
         self._pid = -1
@@ -154,7 +161,7 @@ class CorpusDataset(Dataset[dict[str, Any]]):
             "t": t.clone(),
             "epsg": epsg.clone(),
             "wavelength": self.wavelength.expand(len(rows), -1).clone(),
-            "res": torch.full((len(rows),), _PIXEL_M),
+            "res": torch.full((len(rows),), float(PIXEL_M)),
             "location_id": location_id.clone(),
             "obs": torch.from_numpy(self._obs[rows]),
         }
@@ -182,7 +189,7 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         if self._reader is None or self._pid != os.getpid():
             if get_worker_info() is not None:
                 numcodecs.blosc.use_threads = False  # one decode thread per worker, like torch's own ops
-            self._reader = PatchReader(self.root / "patches.zarr" / "patches")
+            self._reader = PatchReader(self.layout.patch_array)
             self._pid = os.getpid()
         return self._reader
 
@@ -214,26 +221,13 @@ class Normalize(nn.Module):
         return out.sub_(self.mean).mul_(self.inv_std)
 
 
-def _manifest(root: Path, version: int | None) -> dict[str, Any]:
-    if not (root / "corpus.json").exists():
-        raise FileNotFoundError(f"{root} is not a corpus: corpus.json is missing")
-    if version is None:
-        version = int(json.loads((root / "CURRENT").read_text())["version"])
-    path = root / "versions" / f"v{version:04d}" / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{root}: version {version} does not exist")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    return manifest
-
-
-def _observations(root: Path, version: int, split: str | None) -> pd.DataFrame:
+def _observations(layout: CorpusLayout, version: int, format_version: int, split: str | None) -> pd.DataFrame:
     """Observations of the split, location-major and by date, with time in seconds."""
-    path = root / "versions" / f"v{version:04d}" / "observations.parquet"
     columns = ["obs", "shard", "location_id", "split", "acquired", "epsg", "x", "y"]
-    table = pd.read_parquet(path, columns=columns)
+    table = read_table(layout.table(version, "observations"), "observations", format_version, columns)
     if split is not None:
         if split not in set(table["split"]):
-            raise ValueError(f"{root}: version {version} has no observations in split {split!r}")
+            raise FormatError(f"{layout.root}: version {version} has no observations in split {split!r}")
         table = table[table["split"] == split]
     table = table.assign(t=table["acquired"].astype("datetime64[s, UTC]").astype("int64"))
     return table.sort_values(["location_id", "acquired", "obs"]).reset_index(drop=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spectral_corpus.training.errors import TrainConfigError
 from spectral_corpus.training.models import Block, Encoder, VisionTransformer, grid_pos_embed, sincos_pos_embed
 
 
@@ -26,7 +27,7 @@ def random_masking(
     At least one token is always kept. The draw comes from ``generator`` (on ``device``), the global RNG without one.
     """
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must lie in [0, 1), got {mask_ratio}")
+        raise TrainConfigError(f"mask ratio must lie in [0, 1), got {mask_ratio}")
     n_masked = min(round(mask_ratio * tokens), tokens - 1)
     order = torch.rand(batch, tokens, device=device, generator=generator).argsort(dim=1)
     return order[:, : tokens - n_masked], order[:, tokens - n_masked :]
@@ -59,7 +60,7 @@ class MAE(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(encoder.backbone, VisionTransformer):
-            raise ValueError(
+            raise TrainConfigError(
                 f"MAE needs a ViT backbone, got {type(encoder.backbone).__name__}: "
                 "use --backbone vit_s, or --method moco, which works with resnet50"
             )

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spectral_corpus.training.errors import TrainConfigError
 from spectral_corpus.training.models import Encoder
 
 
@@ -77,7 +78,7 @@ class MoCo(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+            raise TrainConfigError(f"momentum must lie in [0, 1), got {momentum}")
         self.encoder = encoder
         self.head = projection_head(encoder.num_features, hidden, dim)
         self.key_encoder = copy.deepcopy(encoder)

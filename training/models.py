@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectral_corpus.training.config import BACKBONES
+from spectral_corpus.training.errors import TrainConfigError
 
 #: Backbone names accepted by :class:`EncoderConfig`.
 
@@ -55,7 +56,7 @@ class SpectralAdapter(nn.Module):
             layers += [nn.Conv3d(channels, width, (kernel, 1, 1), (stride, 1, 1), (1, 0, 0)), nn.ReLU(inplace=True)]
             length, channels = (length + 2 - kernel) // stride + 1, width
         if length < 1:
-            raise ValueError(f"the spectral adapter needs more than {in_bands} bands")
+            raise TrainConfigError(f"the spectral adapter needs more than {in_bands} bands")
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, out_channels, kernel_size=1)
 
@@ -130,7 +131,7 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"image size {img_size} is not a multiple of the token size {patch_size}")
+            raise TrainConfigError(f"image size {img_size} is not a multiple of the token size {patch_size}")
         self.patch_size = patch_size
         self.num_features = dim
         self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
@@ -250,7 +251,7 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+            raise TrainConfigError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
 
 
 class Encoder(nn.Module):
@@ -286,7 +287,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     """Rebuild a saved encoder, in eval mode; needs nothing from the trainer."""
     document = torch.load(Path(path), map_location=map_location, weights_only=True)
     if document.get("format") != ENCODER_FORMAT:
-        raise ValueError(
+        raise TrainConfigError(
             f"{path!s} is not a saved encoder (format {document.get('format')!r}, expected {ENCODER_FORMAT})"
         )
     encoder = build_encoder(EncoderConfig(**document["config"]))

@@ -21,6 +21,9 @@ import numcodecs
 import numpy as np
 import zarr
 
+from spectral_corpus.corpus_format import shard_key
+from spectral_corpus.training.errors import CorruptShardError
+
 _EMPTY = np.uint64(2**64 - 1)
 
 
@@ -62,7 +65,7 @@ class PatchReader:
         return out
 
     def _shard_path(self, shard: int) -> Path:
-        return self.array_dir / "c" / str(shard) / "0" / "0" / "0"
+        return self.array_dir / shard_key(shard)
 
     def _read_index(self, shard: int) -> np.ndarray:
         shard_size = self._fast[0] if self._fast else 0
@@ -72,7 +75,7 @@ class PatchReader:
             raw = f.read(size)
         body, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
         if google_crc32c.value(body) != crc:
-            raise OSError(f"{self._shard_path(shard)}: shard index checksum mismatch (corrupt shard)")
+            raise CorruptShardError(f"{self._shard_path(shard)}: shard index checksum mismatch (corrupt shard)")
         return np.frombuffer(body, dtype="<u8").reshape(shard_size, 2)
 
 

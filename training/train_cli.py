@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.training.config import BACKBONES, VIEW_KEYS, TrainConfig
 
 HELP = "Pretrain a spectral adapter + ViT-S / ResNet-50 encoder with MAE or MoCo-v2."
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return run_train(args)
-    except (ValueError, OSError) as error:
+    except SpectralCorpusError as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 2
 

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from spectral_corpus.training.config import VIEW_KEYS, TrainConfig
+from spectral_corpus.training.errors import TrainConfigError
 from spectral_corpus.training.mae import MAE
 from spectral_corpus.training.moco import MoCo
 from spectral_corpus.training.models import EncoderConfig, build_encoder, save_encoder
@@ -68,7 +69,7 @@ def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested, but this PyTorch sees no CUDA device: use --device cpu")
+        raise TrainConfigError("device cuda requested, but this PyTorch sees no CUDA device: use --device cpu")
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device("cpu")
 
 
@@ -103,7 +104,7 @@ def default_sampler(dataset: Any, rank: int, world_size: int, seed: int) -> Samp
 def corpus_dataset(config: TrainConfig) -> Dataset[dict[str, Any]]:
     """The corpus's training split with as many views as ``config.method`` needs."""
     if config.corpus is None:
-        raise ValueError("no training data: set the corpus or pass a dataset")
+        raise TrainConfigError("no training data: set the corpus or pass a dataset")
     from spectral_corpus.training.dataset import CorpusDataset
 
     return CorpusDataset(config.corpus, split="train", views=len(VIEW_KEYS[config.method]), seed=config.seed)
@@ -176,7 +177,7 @@ def random_crop(x: Tensor, size: int, generator: torch.Generator | None = None) 
     if (h, w) == (size, size):
         return x
     if size > min(h, w):
-        raise ValueError(f"crop size {size} exceeds the {h} x {w} images")
+        raise TrainConfigError(f"crop size {size} exceeds the {h} x {w} images")
     top, left = (torch.randint(0, extent - size + 1, (b, 1), device=x.device, generator=generator) for extent in (h, w))
     span = torch.arange(size, device=x.device)
     index = ((top + span)[:, :, None] * w + (left + span)[:, None, :]).flatten(1)
@@ -301,7 +302,7 @@ def _probe(dataset: Any, keys: Sequence[str]) -> tuple[int, int]:
     sample = dataset[0]
     missing = [key for key in keys if key not in sample]
     if missing:
-        raise ValueError(f"samples lack {missing}: MoCo trains on two views, build the dataset with views=2")
+        raise TrainConfigError(f"samples lack {missing}: MoCo trains on two views, build the dataset with views=2")
     bands, height, width = sample["image"].shape
     return int(bands), int(min(height, width))
 
@@ -350,7 +351,8 @@ class _Trainer:
         self.sampler = _Resumable(sampler_factory(dataset, ctx.rank, ctx.world_size, config.seed))
         self.steps_per_epoch = len(self.sampler.inner) // config.batch_size  # type: ignore[arg-type]
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.sampler)} samples per process do not fill one batch of {config.batch_size}")
+            batch = config.batch_size
+            raise TrainConfigError(f"{len(self.sampler)} samples per process do not fill one batch of {batch}")
         self.loader = self._preloaded(PRELOAD_BATCHES) if preload else self._loader()
         self.total = config.max_steps or config.epochs * self.steps_per_epoch
         cuda = ctx.device.type == "cuda"

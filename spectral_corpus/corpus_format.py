@@ -1,0 +1,407 @@
+"""The on-disk corpus format, defined once: layout, documents, table schemas and the version rule.
+
+```
+CORPUS/
+  patches.zarr/          Zarr v3 group: patches (obs, band, y, x) int16, sharded along obs, one inner
+                         chunk per patch; band coordinates wavelength, fwhm, band; obs coordinates
+  versions/vNNNN/        immutable tables of version N (Parquet; scenes and locations GeoParquet 1.0)
+                         and manifest.json
+  CURRENT                {"version": N}: the published version (replaced atomically)
+  corpus.json            format, rules, bands and first source of the corpus
+  _build/                work state of a running build (resumable); removed on commit
+```
+
+The writers (``stages.store``, ``stages.commit``) and every reader (``pipeline.reader``,
+``training.dataset``, ``training.shards``) take paths, documents and schemas from here. Paths are
+built from keys relative to the corpus root, so a root may later be a bucket. The module needs
+neither torch nor dask.
+
+Format history: 1 stored a scene's assets as JSON text and its rejection as free text only; 2 stores
+assets as a map column, adds the scenes' ``rejection`` code and declares every table's column types.
+Readers read versions 1 and 2 (version 1's assets are decoded on read, its rejections are
+``unrecorded``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.errors import SpectralCorpusError
+
+FORMAT_NAME = "spectral-corpus"
+FORMAT_VERSION = 2
+#: The oldest format version this software reads.
+OLDEST_READABLE = 1
+
+#: Patch edge in pixels and pixel size in metres: the grid of every corpus.
+PATCH_PX = 128
+PIXEL_M = 30
+#: Per-pixel flags counted by ``inspect``, in the order used to name a dropped observation's reason.
+FLAGS = ("nodata", "cloud", "cloudshadow", "snow", "haze", "cirrus", "water")
+
+ZARR = "patches.zarr"
+PATCHES = "patches"
+VERSIONS = "versions"
+CURRENT = "CURRENT"
+METADATA = "corpus.json"
+BUILD = "_build"
+MANIFEST = "manifest.json"
+
+
+class FormatError(SpectralCorpusError, ValueError):
+    """A path is not a readable corpus of this format, or a version of it does not exist."""
+
+
+def shard_key(shard: int) -> str:
+    """The file of shard ``shard`` inside the patch array (Zarr v3 default chunk key encoding)."""
+    return f"c/{shard}/0/0/0"
+
+
+def version_key(version: int) -> str:
+    return f"{VERSIONS}/v{version:04d}"
+
+
+@dataclass(frozen=True)
+class CorpusLayout:
+    """Where each part of a corpus lives, from its root."""
+
+    root: Path
+
+    @property
+    def zarr(self) -> Path:
+        return self.root / ZARR
+
+    @property
+    def patch_array(self) -> Path:
+        return self.zarr / PATCHES
+
+    @property
+    def versions(self) -> Path:
+        return self.root / VERSIONS
+
+    @property
+    def current(self) -> Path:
+        return self.root / CURRENT
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / METADATA
+
+    @property
+    def build(self) -> Path:
+        return self.root / BUILD
+
+    def version_dir(self, version: int) -> Path:
+        return self.root / version_key(version)
+
+    def manifest(self, version: int) -> Path:
+        return self.version_dir(version) / MANIFEST
+
+    def table(self, version: int, name: str) -> Path:
+        return self.version_dir(version) / f"{name}.parquet"
+
+    def shard_file(self, shard: int) -> Path:
+        return self.patch_array / shard_key(shard)
+
+
+# --- documents -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandStatistics:
+    """Per-band mean and standard deviation (DN) of the training split, pooled over its patches."""
+
+    split: str
+    units: str
+    count: list[int]
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``versions/vNNNN/manifest.json``: what one published version holds and what made it."""
+
+    format: str
+    format_version: int
+    version: int
+    parent: int | None
+    created: str
+    n_obs: int
+    n_locations: int
+    n_retired: int
+    n_shards: int
+    #: Table name -> SHA-256 of its Parquet file.
+    tables: dict[str, str]
+    stats: BandStatistics
+    #: What made the version: source and query, or the command (``resplit``); software version.
+    run: dict[str, Any]
+    rules: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], source: str) -> Manifest:
+        check_format(document, source)
+        values: dict[str, Any] = {f.name: document.get(f.name) for f in fields(cls)}
+        values["n_retired"] = values["n_retired"] or 0  # absent from the earliest format-1 manifests
+        values["rules"] = values["rules"] or {}  # likewise: the rules are then corpus.json's
+        values["stats"] = BandStatistics(**document["stats"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CorpusMetadata:
+    """``corpus.json``: the corpus as a whole (rules and bands of the current version, first source)."""
+
+    format: str
+    format_version: int
+    software_version: str
+    source: str
+    query: dict[str, Any]
+    rules: dict[str, Any]
+    #: Column -> values, one per band: ``band`` (1-based), ``center_nm``, ``fwhm_nm``, ``kept_202``.
+    bands: dict[str, list[Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], source: str) -> CorpusMetadata:
+        check_format(document, source)
+        return cls(
+            format=document["format"],
+            format_version=int(document["format_version"]),
+            software_version=document.get("software_version", ""),
+            source=document.get("source", ""),
+            query=document.get("query", {}),
+            rules=document["rules"],
+            bands=document["bands"],
+        )
+
+
+def check_format(document: dict[str, Any], source: str) -> None:
+    """Raise FormatError naming ``source`` unless the document is of a format version this software reads."""
+    if document.get("format") != FORMAT_NAME:
+        raise FormatError(f"{source} is not a {FORMAT_NAME} corpus (format {document.get('format')!r})")
+    found = int(document.get("format_version", 0))
+    if found > FORMAT_VERSION:
+        raise FormatError(
+            f"{source} was written in format version {found}; this software reads versions "
+            f"{OLDEST_READABLE} to {FORMAT_VERSION}: upgrade spectral-corpus"
+        )
+    if found < OLDEST_READABLE:
+        raise FormatError(
+            f"{source} was written in format version {found}, which this software no longer reads "
+            f"(oldest readable: {OLDEST_READABLE}); rebuild the corpus"
+        )
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A JSON document of the corpus; FormatError naming the file when it is missing or not JSON."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{path} is missing") from None
+    except json.JSONDecodeError as error:
+        raise FormatError(f"{path} is not valid JSON: {error}") from None
+    return document
+
+
+def read_metadata(paths: CorpusLayout) -> CorpusMetadata:
+    """``corpus.json``; FormatError when the path is not a corpus this software reads."""
+    if not paths.metadata.exists():
+        raise FormatError(f"{paths.root} is not a corpus: {paths.metadata.name} is missing")
+    return CorpusMetadata.from_json(read_document(paths.metadata), str(paths.root))
+
+
+def read_manifest(paths: CorpusLayout, version: int) -> Manifest:
+    """The manifest of a published version; FormatError when there is no such version."""
+    path = paths.manifest(version)
+    if not path.exists():
+        raise FormatError(f"{paths.root}: version {version} does not exist")
+    return Manifest.from_json(read_document(path), f"{paths.root} version {version}")
+
+
+def current_version(paths: CorpusLayout) -> int:
+    """The published version number."""
+    if not paths.current.exists():
+        raise FormatError(f"{paths.root}: no published version (CURRENT is missing)")
+    return int(read_document(paths.current)["version"])
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+_UTC = pa.timestamp("us", tz="UTC")
+#: The cover figures a scene's METADATA.XML or STAC item gives (per cent), in table order.
+COVERS = ("cloud_cover", "cloud_shadow", "snow_cover", "haze_cover", "cirrus_cover", "water_cover")
+_CELL = [pa.field("epsg", pa.int64()), pa.field("ix", pa.int64()), pa.field("iy", pa.int64())]
+_GEOMETRY = pa.field("geometry", pa.binary())
+
+#: Every table of a version, its columns in order. ``geometry`` holds WKB in EPSG:4326 (lon, lat).
+SCHEMAS: dict[str, pa.Schema] = {
+    "scenes": pa.schema(
+        [
+            ("scene_id", pa.int64()),
+            ("product", pa.string()),
+            ("datatake", pa.int64()),
+            ("tile", pa.int64()),
+            ("version", pa.string()),
+            ("acquired", _UTC),
+            ("processed", _UTC),
+            ("epsg", pa.int64()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            ("described_by", pa.string()),
+            *[(c, pa.float64()) for c in (*COVERS, "quality")],
+            ("wavelengths_nm", pa.list_(pa.float64())),
+            ("fwhm_nm", pa.list_(pa.float64())),
+            ("assets", pa.map_(pa.string(), pa.string())),
+            ("source", pa.string()),
+            ("status", pa.string()),
+            ("rejection", pa.string()),
+            ("reason", pa.string()),
+            _GEOMETRY,
+            ("n_candidates", pa.int64()),
+            ("n_observations", pa.int64()),
+        ]
+    ),
+    "locations": pa.schema(
+        [
+            *_CELL,
+            ("location_id", pa.int64()),
+            ("split", pa.string()),
+            ("x", pa.float64()),
+            ("y", pa.float64()),
+            _GEOMETRY,
+            ("n_obs", pa.int64()),
+        ]
+    ),
+    "observations": pa.schema(
+        [
+            *[(c, pa.int64()) for c in ("obs", "shard", "slot", "location_id")],
+            ("split", pa.string()),
+            ("scene_id", pa.int64()),
+            ("product", pa.string()),
+            ("acquired", _UTC),
+            *_CELL,
+            ("row", pa.int64()),
+            ("col", pa.int64()),
+            ("x", pa.float64()),
+            ("y", pa.float64()),
+            *[(f"frac_{flag}", pa.float32()) for flag in FLAGS],
+        ]
+    ),
+    "candidates": pa.schema(
+        [
+            ("product", pa.string()),
+            *_CELL,
+            ("row", pa.int64()),
+            ("col", pa.int64()),
+            ("n_flagged", pa.int64()),
+            *[(f"n_{flag}", pa.int64()) for flag in FLAGS],
+            ("datatake", pa.int64()),
+            ("tile", pa.int64()),
+            ("acquired", _UTC),
+            ("drop_reason", pa.string()),
+        ]
+    ),
+    "shards": pa.schema(
+        [
+            *[(c, pa.int64()) for c in ("shard", "first_obs", "n_obs", "nbytes", "raw_bytes")],
+            ("sha256", pa.string()),
+            *[(c, pa.float64()) for c in ("read_seconds", "write_seconds", "peak_rss_mb")],
+        ]
+    ),
+    "moments": pa.schema(
+        [
+            ("shard", pa.int64()),
+            ("key", pa.string()),
+            ("count", pa.list_(pa.int64())),
+            ("mean", pa.list_(pa.float64())),
+            ("m2", pa.list_(pa.float64())),
+        ]
+    ),
+    "retired": pa.schema(
+        [("obs", pa.int64()), ("product", pa.string()), *_CELL, ("retired_in", pa.int64()), ("reason", pa.string())]
+    ),
+}
+TABLES = tuple(SCHEMAS)
+#: Tables with a ``geometry`` column, written as GeoParquet 1.0.0.
+GEO_TABLES = ("scenes", "locations")
+GEOPARQUET_VERSION = "1.0.0"
+
+
+def to_arrow(frame: Any, schema: pa.Schema, metadata: dict[bytes, bytes] | None = None) -> pa.Table:
+    """A (Geo)DataFrame as an Arrow table of ``schema``: columns in order, types cast, GeoParquet
+    metadata added when the schema has a geometry column (shapely geometries become WKB)."""
+    import shapely
+
+    columns = {}
+    for field in schema:
+        values = frame[field.name]
+        if field.name == "geometry":
+            values = shapely.to_wkb(values.to_numpy())
+        elif pa.types.is_map(field.type):
+            values = [list(v) if v is not None else None for v in values]
+        elif pa.types.is_list(field.type):
+            values = [None if v is None else list(v) for v in values]
+        columns[field.name] = pa.array(values, type=field.type, from_pandas=True)
+    extra = dict(metadata or {})
+    if "geometry" in schema.names:
+        extra[b"geo"] = json.dumps(_geo_metadata(frame["geometry"])).encode()
+    return pa.table(columns, schema=schema.with_metadata(extra))
+
+
+def _geo_metadata(geometries: Any) -> dict[str, Any]:
+    """GeoParquet 1.0.0 file metadata of a WKB column in EPSG:4326, with its bounding box."""
+    import shapely
+    from pyproj import CRS
+
+    values = geometries.to_numpy()
+    present = values[~shapely.is_missing(values)]
+    bbox = shapely.total_bounds(present).tolist() if len(present) else []
+    column = {
+        "encoding": "WKB",
+        "geometry_types": sorted({geometry.geom_type for geometry in present}),
+        "crs": CRS.from_epsg(4326).to_json_dict(),
+        **({"bbox": bbox} if bbox else {}),
+    }
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+def write_table(frame: Any, path: Path, name: str) -> None:
+    """Write table ``name`` of a version with its declared schema."""
+    pq.write_table(to_arrow(frame, SCHEMAS[name]), path)
+
+
+def read_table(path: Path, name: str, format_version: int, columns: list[str] | None = None) -> Any:
+    """Table ``name`` of a version written in ``format_version``, as the current format gives it.
+
+    Geo tables come back as GeoDataFrames (EPSG:4326); scene assets as tuples of (key, href) pairs.
+    """
+    if name in GEO_TABLES and (columns is None or "geometry" in columns):
+        import geopandas as gpd
+
+        frame = gpd.read_parquet(path, columns=columns)
+    else:
+        frame = pq.read_table(path, columns=columns).to_pandas()
+    if "assets" in frame.columns:
+        frame["assets"] = [_assets(value, format_version) for value in frame["assets"]]
+    if name == "scenes" and format_version == 1 and "status" in frame.columns:
+        frame["rejection"] = [None if status == "ok" else str(Rejection.UNRECORDED) for status in frame["status"]]
+    return frame
+
+
+def _assets(value: Any, format_version: int) -> tuple[tuple[str, str], ...]:
+    """A scene's assets as sorted (key, href) pairs: JSON text in format 1, a map column since 2."""
+    pairs = json.loads(value).items() if format_version == 1 else value
+    return tuple(sorted((str(k), str(v)) for k, v in pairs))
