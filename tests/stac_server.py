@@ -174,12 +174,15 @@ def _create_database(pg: Postgres) -> None:
         conn.execute(f"CREATE DATABASE {pg.dbname}")
 
 
-def load_pgstac(dsn: str, collections: Sequence[dict[str, Any]], items: Sequence[dict[str, Any]]) -> None:
-    """Migrate the database at ``dsn`` to the installed pgstac version and load data."""
+def load_pgstac(
+    dsn: str, collections: Sequence[dict[str, Any]], items: Sequence[dict[str, Any]], migrate: bool = True
+) -> None:
+    """Load data into the database at ``dsn``, first migrated to the installed pgstac version if ``migrate``."""
     with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
         db = PgstacDB(pool=pool)
         try:
-            Migrate(db).run_migration()
+            if migrate:
+                Migrate(db).run_migration()
             loader = Loader(db)
             if collections:
                 loader.load_collections(iter(collections), Methods.upsert)
@@ -258,6 +261,41 @@ def stac_fastapi_server(workdir: Path, pg: Postgres) -> Iterator[str]:
             proc.wait()
 
 
+@dataclass
+class StacServer:
+    """A running STAC API (stac-fastapi-pgstac on a pgstac database) that collections can be added to."""
+
+    url: str
+    dsn: str
+    collections: list[str]
+
+    def load(self, collection: dict[str, Any], items: Sequence[dict[str, Any]]) -> str:
+        """Upsert ``collection`` and its ``items`` (their ``collection`` set to its id); return its id.
+
+        Searches restricted to a collection (``collections=[id]``) see only its items, so one server
+        holds several tests' item sets side by side.
+        """
+        collection_id = str(collection["id"])
+        load_pgstac(self.dsn, [collection], [{**item, "collection": collection_id} for item in items], migrate=False)
+        if collection_id not in self.collections:
+            self.collections.append(collection_id)
+        return collection_id
+
+
+@contextlib.contextmanager
+def stac_server(workdir: Path) -> Iterator[StacServer]:
+    """Run an empty STAC API (a migrated pgstac database); ``load`` collections into it. Both servers stop on exit.
+
+    PostgreSQL (data and logs) lives in ``workdir``; ``uvicorn.log`` and ``postgres.log`` there hold
+    the server logs.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    with postgres_cluster(workdir) as pg:
+        load_pgstac(pg.dsn(), [], [])
+        with stac_fastapi_server(workdir, pg) as url:
+            yield StacServer(url, pg.dsn(), [])
+
+
 @contextlib.contextmanager
 def stac_api(workdir: Path, collection: dict[str, Any], items: list[dict[str, Any]]) -> Iterator[str]:
     """Run a STAC API holding ``collection`` and ``items``; yield ``http://127.0.0.1:PORT``.
@@ -265,8 +303,6 @@ def stac_api(workdir: Path, collection: dict[str, Any], items: list[dict[str, An
     PostgreSQL (data and logs) lives in ``workdir``; ``uvicorn.log`` and
     ``postgres.log`` there hold the server logs. Both servers stop on exit.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    with postgres_cluster(workdir) as pg:
-        load_pgstac(pg.dsn(), [collection], items)
-        with stac_fastapi_server(workdir, pg) as url:
-            yield url
+    with stac_server(workdir) as server:
+        server.load(collection, items)
+        yield server.url

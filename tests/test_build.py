@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import rasterio
 import xarray as xr
 from rasterio.windows import from_bounds
 
-from conftest import TEST_RULES, build, kill_after_first_shard
+from conftest import TEST_RULES, build, copy_corpus, dask_scheduler, kill_after_first_shard
 from spectral_corpus.catalog.bands import selected_bands
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import Example
 from spectral_corpus.pipeline.build import BuildOptions, build_corpus
 from spectral_corpus.pipeline.cli import main
 from spectral_corpus.pipeline.info import corpus_summary
+from spectral_corpus.pipeline.outcomes import Published
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.stages.rules import Rules
@@ -62,7 +64,7 @@ def test_observations_hold_the_source_pixels(corpus: Path) -> None:
     scenes = reader.table("scenes").set_index("product")
     bands = [int(b) for b in selected_bands(202)]
     for row in reader.table("observations").itertuples():
-        href = json.loads(scenes.loc[row.product, "assets"])["image"]
+        href = dict(scenes.loc[row.product, "assets"])["image"]
         with rasterio.open(href) as image:
             expected = image.read(bands, window=((row.row, row.row + 128), (row.col, row.col + 128)))
         np.testing.assert_array_equal(reader.read_patch(row.obs), expected, err_msg=f"obs {row.obs}")
@@ -107,14 +109,14 @@ def test_export_spectralearth_matches_the_source_at_the_same_coordinates(corpus:
             assert patch.crs.to_epsg() == row.epsg
             assert patch.descriptions[0] == "band 1 (418.2 nm)"
             exported, bounds = patch.read(), patch.bounds
-        href = json.loads(scenes.loc[row.scene_id, "assets"])["image"]
+        href = dict(scenes.loc[row.scene_id, "assets"])["image"]
         with rasterio.open(href) as image:
             source = image.read(bands, window=from_bounds(*bounds, transform=image.transform))
         np.testing.assert_array_equal(exported, source)
 
 
-def test_verify_passes_and_catches_a_flipped_byte(example: Example, tmp_path: Path, capsys) -> None:
-    corpus = build(example.archive, tmp_path / "corpus")
+def test_verify_passes_and_catches_a_flipped_byte(corpus: Path, tmp_path: Path, capsys) -> None:
+    corpus = copy_corpus(corpus, tmp_path / "corpus")
     assert main(["verify", str(corpus)]) == 0
     shard = CorpusReader(corpus).paths.shard_file(1)
     data = bytearray(shard.read_bytes())
@@ -181,22 +183,35 @@ def test_bad_products_are_skipped_with_reasons(tmp_path: Path) -> None:
     }
 
 
-def test_build_on_an_existing_dask_scheduler(example: Example, corpus: Path, tmp_path: Path) -> None:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        out = tmp_path / "remote"
-        build_corpus(
+def test_build_on_an_existing_dask_scheduler_reports_its_progress(
+    example: Example, corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The session's cluster: a scheduler and two worker processes that outlive any build.
+    out = tmp_path / "remote"
+    calls: list[tuple[str, int, int]] = []
+    with caplog.at_level(logging.INFO, logger="spectral_corpus.pipeline"):
+        result = build_corpus(
             BuildOptions(
                 source=str(example.archive),
                 out=out,
                 query=SceneQuery(),
                 rules=TEST_RULES,
-                scheduler=cluster.scheduler_address,
-                progress=False,
+                scheduler=dask_scheduler(),
+                progress=lambda stage, done, total: calls.append((stage, done, total)),
             )
         )
-    _assert_same_corpus(corpus, out)
+    _assert_same_corpus(corpus, out)  # built on a local cluster of its own
+    reader = CorpusReader(out)
+    assert result == Published(reader.manifest)
+    n_scenes, n_shards = len(reader.table("scenes")), reader.manifest.n_shards
+    n_inspected = n_scenes - 1  # the superseded product is never inspected
+    assert calls == [
+        *[("inspect", done, n_inspected) for done in range(n_inspected + 1)],
+        *[("materialize", done, n_shards) for done in range(n_shards + 1)],
+        ("stats", 0, 0),  # every shard's moments were taken while it was written
+    ]
+    assert [record.getMessage().split()[0] for record in caplog.records] == ["catalog", "plan", "commit"]
+    assert caplog.records[-1].getMessage() == "commit      version 1 published"
 
 
 def test_build_killed_midway_resumes_to_the_same_corpus(example: Example, corpus: Path, tmp_path: Path) -> None:
@@ -245,6 +260,7 @@ def test_a_build_that_makes_nothing_fails_first_and_says_why(tmp_path: Path, cap
     archive = tmp_path / "archive"
     write_bad_products(archive)  # 9001 truncated, 9002 no METADATA.XML, 9003 unsafe ZIP, 9004 200 bands
     argv = ["build", "--source", str(archive), "--out", str(tmp_path / "corpus"), "--quiet"]
+    argv += ["--scheduler", dask_scheduler()]
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "spectral-corpus build: error: no observations: 4 of 4 scenes were rejected"
@@ -268,7 +284,12 @@ def test_nothing_built_says_what_dropped_the_patches() -> None:
     from spectral_corpus.pipeline.build import _nothing_built
 
     scenes = pd.DataFrame(
-        {"product": ["p1", "p2"], "status": ["ok", "rejected"], "reason": ["", "/x: file is truncated"]}
+        {
+            "product": ["p1", "p2"],
+            "status": ["ok", "rejected"],
+            "rejection": [None, "truncated"],
+            "reason": ["", "/x: file is truncated"],
+        }
     )
     candidates = pd.DataFrame(
         {"product": ["p1", "p1", "p1", "p0"], "drop_reason": ["cloud", "cloud", "snow", "nodata"]}  # p0: another scene

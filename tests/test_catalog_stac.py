@@ -35,7 +35,7 @@ from spectral_corpus.catalog.stac import (
     record_from_item,
     search_stac_api,
 )
-from stac_server import stac_api
+from stac_server import StacServer
 
 COLLECTION = "ENMAP_HSI_L2A"
 N_ITEMS = 12
@@ -216,13 +216,22 @@ def test_find_scenes_reads_static_files_and_keeps_newest(tmp_path: Path) -> None
 # --- a live stac-fastapi-pgstac API ----------------------------------------------------------------
 
 
+#: The live tests' collection on the session's STAC API, beside the example's ENMAP_HSI_L2A.
+LIVE_COLLECTION = "ENMAP_HSI_L2A_CATALOG_TEST"
+
+
 @pytest.fixture(scope="module")
-def stac_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Items 0-11, a reprocessed item 0 (V010400) and an item 12 without an image asset."""
+def stac_url(stac: StacServer) -> str:
+    """Collection LIVE_COLLECTION: items 0-11, a reprocessed item 0 (V010400) and an item 12 without an image asset."""
     items = [make_item(i) for i in range(N_ITEMS)]
     items += [make_item(0, version="010400"), make_item(N_ITEMS, image=False)]
-    with stac_api(tmp_path_factory.mktemp("stac"), make_collection(), items) as url:
-        yield url
+    stac.load({**make_collection(), "id": LIVE_COLLECTION}, items)
+    return stac.url
+
+
+def live(**query: Any) -> SceneQuery:
+    """A query of the live tests' collection."""
+    return SceneQuery(collection=LIVE_COLLECTION, **query)
 
 
 @dataclass
@@ -255,25 +264,26 @@ def test_server_advertises_cql2_filter(stac_url: str) -> None:
 
 
 def test_live_bbox_and_aoi(stac_url: str) -> None:
-    assert datatakes(search_stac_api(stac_url, SceneQuery(bbox=(13.5, 44.0, 17.5, 47.0)))) == [2, 3]
+    assert datatakes(search_stac_api(stac_url, live(bbox=(13.5, 44.0, 17.5, 47.0)))) == [2, 3]
     aoi = box(20.5, 45.5, 22.5, 45.6)  # items 5 (20..21) and 6 (22..23)
-    assert datatakes(search_stac_api(stac_url, SceneQuery(aoi=aoi))) == [5, 6]
-    both = SceneQuery(aoi=aoi, bbox=(21.5, 40.0, 30.0, 50.0))  # bbox narrows the AOI on the client
+    assert datatakes(search_stac_api(stac_url, live(aoi=aoi))) == [5, 6]
+    both = live(aoi=aoi, bbox=(21.5, 40.0, 30.0, 50.0))  # bbox narrows the AOI on the client
     assert datatakes(search_stac_api(stac_url, both)) == [6]
 
 
 def test_live_datetime_range_includes_whole_end_day(stac_url: str) -> None:
-    query = SceneQuery.from_options(start="2024-03-01", end="2024-05-15")
+    query = SceneQuery.from_options(collection=LIVE_COLLECTION, start="2024-03-01", end="2024-05-15")
     assert datatakes(search_stac_api(stac_url, query)) == [2, 3, 4]
 
 
 def test_live_cloud_and_quality_filtered_by_the_server(stac_url: str, exchanges: list[Exchange]) -> None:
-    query = SceneQuery(max_cloud=21.0, max_quality=1)
+    query = live(max_cloud=21.0, max_quality=1)
 
     records = search_stac_api(stac_url, query, page_size=3)
 
     assert datatakes(records) == [0, 0, 1, 3]  # cloud 0, 7, 21 with quality 0, 1, 0 (2 has 2); 0 twice (V2)
     searches = [e for e in exchanges if e.method == "POST"]
+    assert list(searches[0].parameters["collections"]) == [LIVE_COLLECTION]  # this test's items only
     assert searches[0].parameters["filter-lang"] == "cql2-json"
     assert searches[0].parameters["filter"] == {
         "op": "and",
@@ -286,7 +296,7 @@ def test_live_cloud_and_quality_filtered_by_the_server(stac_url: str, exchanges:
 
 
 def test_live_client_side_fallback_gives_same_ids(stac_url: str, exchanges: list[Exchange]) -> None:
-    query = SceneQuery(max_cloud=21.0, max_quality=1)
+    query = live(max_cloud=21.0, max_quality=1)
 
     on_server = {r.product for r in search_stac_api(stac_url, query, page_size=5)}
     exchanges.clear()
@@ -299,7 +309,7 @@ def test_live_client_side_fallback_gives_same_ids(stac_url: str, exchanges: list
 
 
 def test_live_paging_returns_every_item_once(stac_url: str, exchanges: list[Exchange]) -> None:
-    records = search_stac_api(stac_url, SceneQuery(), page_size=3)
+    records = search_stac_api(stac_url, live(), page_size=3)
 
     assert len(records) == N_ITEMS + 2
     assert len({r.product for r in records}) == N_ITEMS + 2
@@ -308,7 +318,7 @@ def test_live_paging_returns_every_item_once(stac_url: str, exchanges: list[Exch
 
 
 def test_live_find_scenes_rejects_old_versions_and_imageless_items(stac_url: str) -> None:
-    records = {r.product: r for r in find_scenes(stac_url, SceneQuery())}
+    records = {r.product: r for r in find_scenes(stac_url, live())}
 
     assert records[product(0)].reason == f"superseded by newer processor version {product(0, '010400')}"
     assert (records[product(N_ITEMS)].status, records[product(N_ITEMS)].reason) == (REJECTED, NO_IMAGE)

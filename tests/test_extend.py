@@ -8,19 +8,22 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TEST_RULES, build, kill_after_first_shard
+from conftest import TEST_RULES, as_format_1, build, copy_corpus, dask_scheduler, kill_after_first_shard
 from spectral_corpus.catalog.product import is_product_name
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import Example
+from spectral_corpus.corpus_format import FORMAT_VERSION
 from spectral_corpus.pipeline.build import BuildOptions, extend_corpus
 from spectral_corpus.pipeline.cli import main
 from spectral_corpus.pipeline.lock import writer_lock
+from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unchanged
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.stages.failpoints import ENV
@@ -48,13 +51,26 @@ def first_archive(example: Example, tmp_path_factory: pytest.TempPathFactory) ->
     return _copy_archive(example, tmp_path_factory.mktemp("first") / "archive", keep=False)
 
 
-def _extend(corpus: Path, source: Path, **kwargs: object) -> dict:
-    options = BuildOptions(source=str(source), out=corpus, query=SceneQuery(), rules=TEST_RULES, progress=False)
+@pytest.fixture(scope="module")
+def first_corpus(first_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1, built from the first archive; read-only: tests that extend or spoil it take a copy."""
+    return build(first_archive, tmp_path_factory.mktemp("first_corpus") / "corpus")
+
+
+def _extend(corpus: Path, source: Path, **kwargs: object) -> RunResult:
+    options = BuildOptions(
+        source=str(source),
+        out=corpus,
+        query=SceneQuery(),
+        rules=TEST_RULES,
+        scheduler=dask_scheduler(),
+    )
     return extend_corpus(options, **kwargs)  # type: ignore[arg-type]
 
 
 def _extend_command(corpus: Path, source: Path, *options: str) -> list[str]:
-    """The ``spectral-corpus extend`` command line, run as a separate process."""
+    """The ``spectral-corpus extend`` command line, run as a separate process (on a local Dask cluster of
+    its own unless ``options`` name a scheduler)."""
     return [
         sys.executable,
         "-m",
@@ -69,8 +85,8 @@ def _extend_command(corpus: Path, source: Path, *options: str) -> list[str]:
     ]
 
 
-def _fresh_copy(first_archive: Path, tmp_path: Path) -> Path:
-    return build(first_archive, tmp_path / "corpus")
+def _fresh_copy(first_corpus: Path, tmp_path: Path) -> Path:
+    return copy_corpus(first_corpus, tmp_path / "corpus")
 
 
 def _content(path: Path, version: int | None = None) -> dict[tuple, np.ndarray]:
@@ -84,8 +100,8 @@ def _content(path: Path, version: int | None = None) -> dict[tuple, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def extended(first_archive: Path, example: Example, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    corpus = build(first_archive, tmp_path_factory.mktemp("extended") / "corpus")
+def extended(first_corpus: Path, example: Example, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    corpus = copy_corpus(first_corpus, tmp_path_factory.mktemp("extended") / "corpus")
     v1 = CorpusReader(corpus)
     before = {
         "shards": {int(s): sha256_file(v1.paths.shard_file(int(s))) for s in v1.table("shards")["shard"]},
@@ -110,6 +126,19 @@ def test_extension_equals_a_fresh_build_over_all_scenes(extended: dict, corpus: 
     )
 
 
+def test_a_corpus_of_format_1_is_extended_in_the_current_format(
+    first_corpus: Path, extended: dict, example: Example, tmp_path: Path
+) -> None:
+    old = as_format_1(copy_corpus(first_corpus, tmp_path / "corpus"))
+    result = _extend(old, example.archive)
+    assert isinstance(result, Published) and result.manifest.format_version == FORMAT_VERSION
+    v1, v2, want = CorpusReader(old, 1), CorpusReader(old), CorpusReader(extended["corpus"])
+    assert v1.manifest.format_version == 1 and v2.metadata.format_version == FORMAT_VERSION
+    pd.testing.assert_frame_equal(v2.table("observations"), want.table("observations"))
+    assert v2.table("scenes")["assets"].tolist() == want.table("scenes")["assets"].tolist()
+    assert verify_corpus(v1) == [] and verify_corpus(v2) == []
+
+
 def test_a_new_scene_nearer_its_zone_meridian_retires_existing_cells(
     example: Example, corpus: Path, tmp_path: Path
 ) -> None:
@@ -124,7 +153,7 @@ def test_a_new_scene_nearer_its_zone_meridian_retires_existing_cells(
     assert len(losing) == 4 and len(expected) == 2  # alone, E keeps all 4 cells; the scenario drops 2 of them
     assert {(row.product, row.epsg, row.ix, row.iy) for row in retired.itertuples()} == expected
     assert retired["reason"].str.startswith("zone_overlap: a new cell of another UTM zone").all()
-    assert manifest["n_retired"] == 2
+    assert isinstance(manifest, Published) and manifest.manifest.n_retired == 2
     assert _content(first).keys() == _content(corpus).keys()
     locations = reader.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
     old_ids = before.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
@@ -156,7 +185,7 @@ def test_the_reprocessed_scene_retires_its_old_observations(extended: dict) -> N
     assert sorted(retired["product"].unique()) == sorted({k[0] for k in old})
     assert len(retired) == 3 and set(retired["retired_in"]) == {2}
     assert retired["reason"].str.startswith("superseded by newer processor version").all()
-    assert extended["manifest"]["n_retired"] == 3
+    assert extended["manifest"].manifest.n_retired == 3
     # version 1 is still readable, unchanged
     assert _content(extended["corpus"], 1).keys() == extended["before"]["content"].keys()
 
@@ -176,29 +205,44 @@ def test_statistics_are_updated_over_the_new_training_split(extended: dict) -> N
     reader = CorpusReader(extended["corpus"])
     observations = reader.table("observations")
     train = observations.loc[observations["split"] == "train", "obs"].to_numpy()
-    values = np.asarray(reader.patches.oindex[np.sort(train)]).astype(np.float64)
-    np.testing.assert_allclose(reader.manifest["stats"]["mean"], values.mean(axis=(0, 2, 3)), rtol=1e-6)
-    np.testing.assert_allclose(reader.manifest["stats"]["std"], values.std(axis=(0, 2, 3)), rtol=1e-6)
+    values = np.asarray(reader.patches[:])[np.sort(train)].astype(np.float64)  # zarr's oindex on shards is slow
+    np.testing.assert_allclose(reader.manifest.stats.mean, values.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(reader.manifest.stats.std, values.std(axis=(0, 2, 3)), rtol=1e-6)
 
 
-def test_dry_run_writes_nothing(first_archive: Path, example: Example, tmp_path: Path) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
+def test_dry_run_writes_nothing(first_corpus: Path, example: Example, tmp_path: Path) -> None:
+    corpus = _fresh_copy(first_corpus, tmp_path)
     listing = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
     preview = _extend(corpus, example.archive, dry_run=True)
-    assert preview["new_observations"] == 6  # the reprocessed D's 4 cells and E's 2 kept cells
-    assert preview["retired_observations"] == 3 and preview["observations_after"] == 12
-    assert preview["new_locations"] == 2
+    assert isinstance(preview, DryRun)
+    assert preview.new_observations == 6  # the reprocessed D's 4 cells and E's 2 kept cells
+    assert preview.retired_observations == 3 and preview.observations_after == 12
+    assert preview.new_locations == 2
     assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == listing
 
 
-def test_an_extension_with_nothing_new_publishes_nothing(extended: dict, example: Example) -> None:
+def test_an_extension_with_nothing_new_publishes_nothing(
+    extended: dict, example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = _extend(extended["corpus"], example.archive)
-    assert result["unchanged"] is True and result["version"] == 2
+    assert result == Unchanged(version=2)
     assert not (extended["corpus"] / "versions" / "v0003").exists()
+    corpus, source = str(extended["corpus"]), str(example.archive)
+    assert main(["extend", "--corpus", corpus, "--source", source, "--scheduler", dask_scheduler()]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{corpus}: nothing new in {source}; version 2 stays current\n"
+    n_scenes = len(CorpusReader(corpus).table("scenes"))
+    assert err.splitlines() == [  # the stage lines, as the command line shows them
+        f"catalog     {n_scenes} scenes (0 new to inspect)",
+        f"plan        0 new observations, {CorpusReader(corpus).manifest.n_obs} in all",
+        "unchanged   nothing new; version 2 stays current",
+    ]
 
 
-def test_a_second_writer_is_refused_with_a_clear_message(first_archive: Path, tmp_path: Path) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
+def test_a_second_writer_is_refused_with_a_clear_message(
+    first_archive: Path, first_corpus: Path, tmp_path: Path
+) -> None:
+    corpus = _fresh_copy(first_corpus, tmp_path)
     with writer_lock(corpus):
         result = subprocess.run(_extend_command(corpus, first_archive), capture_output=True, text=True, check=False)
     assert result.returncode == 2
@@ -208,10 +252,10 @@ def test_a_second_writer_is_refused_with_a_clear_message(first_archive: Path, tm
 
 @pytest.mark.parametrize("point", ["before-commit", "commit-staged", "commit-renamed"])
 def test_killed_extension_resumes_to_the_same_corpus(
-    point: str, first_archive: Path, example: Example, extended: dict, tmp_path: Path
+    point: str, first_corpus: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
-    command = _extend_command(corpus, example.archive)
+    corpus = _fresh_copy(first_corpus, tmp_path)
+    command = _extend_command(corpus, example.archive, "--scheduler", dask_scheduler())  # killed while committing
     killed = subprocess.run(command, env={**os.environ, ENV: point}, capture_output=True, check=False)
     assert killed.returncode == -9
     assert CorpusReader(corpus).version == 1  # nothing half-visible: readers still see version 1
@@ -225,30 +269,30 @@ def test_killed_extension_resumes_to_the_same_corpus(
 
 
 def test_extension_killed_while_writing_shards_resumes(
-    first_archive: Path, example: Example, extended: dict, tmp_path: Path
+    first_corpus: Path, example: Example, extended: dict, tmp_path: Path
 ) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
+    corpus = _fresh_copy(first_corpus, tmp_path)
     command = _extend_command(corpus, example.archive, "--workers", "1")
     kill_after_first_shard(command, corpus)
     assert CorpusReader(corpus).version == 1, "the extension finished before it could be killed"
     assert verify_corpus(CorpusReader(corpus)) == []
-    resumed = subprocess.run(command, capture_output=True, text=True, check=False)
+    resumed = subprocess.run([*command, "--scheduler", dask_scheduler()], capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert verify_corpus(CorpusReader(corpus)) == []
     m = CorpusReader(corpus).manifest
     assert resumed.stdout.strip() == (
-        f"published {corpus} version 2: {m['n_obs']} observations at {m['n_locations']} locations in "
-        f"{m['n_shards']} shards ({m['n_retired']} retired)"
+        f"published {corpus} version 2: {m.n_obs} observations at {m.n_locations} locations in "
+        f"{m.n_shards} shards ({m.n_retired} retired)"
     )
     got, want = _content(corpus), _content(extended["corpus"])
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_extension_killed_after_publishing_is_finished_by_a_rerun(
-    first_archive: Path, example: Example, tmp_path: Path
+    first_corpus: Path, example: Example, tmp_path: Path
 ) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
-    command = _extend_command(corpus, example.archive)
+    corpus = _fresh_copy(first_corpus, tmp_path)
+    command = _extend_command(corpus, example.archive, "--scheduler", dask_scheduler())  # killed after its last task
     assert subprocess.run(command, env={**os.environ, ENV: "published"}, check=False).returncode == -9
     assert CorpusReader(corpus).version == 2 and (corpus / "_build").exists()
     rerun = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -257,41 +301,53 @@ def test_extension_killed_after_publishing_is_finished_by_a_rerun(
     assert CorpusReader(corpus).version == 2 and verify_corpus(CorpusReader(corpus)) == []
 
 
+#: Reads version 1 round after round: it touches ``ready`` after its first round and stops after the
+#: first round that began once ``stop`` existed, so its rounds span the whole extension and one after it.
 READER = textwrap.dedent(
     """
-    import hashlib, json, sys, time
+    import hashlib, json, sys
+    from pathlib import Path
     from spectral_corpus.training import CorpusDataset
 
-    corpus, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    corpus, out, ready, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
     dataset = CorpusDataset(corpus, split=None, unit="observation", version=1, normalize=False)
-    rounds, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline or len(rounds) < 2:
+    rounds = []
+    while True:
+        last = stop.exists()
         digest = hashlib.sha256()
         for i in range(len(dataset)):
             digest.update(dataset[i]["image"].numpy().tobytes())
         rounds.append(digest.hexdigest())
+        ready.touch()
+        if last:
+            break
     json.dump(rounds, open(out, "w"))
     """
 )
 
 
 def test_a_reader_of_version_1_is_not_disturbed_by_an_extension(
-    first_archive: Path, example: Example, tmp_path: Path
+    first_corpus: Path, example: Example, tmp_path: Path
 ) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
+    corpus = _fresh_copy(first_corpus, tmp_path)
     script = tmp_path / "reader.py"
     script.write_text(READER)
-    rounds = tmp_path / "rounds.json"
-    reader = subprocess.Popen([sys.executable, str(script), str(corpus), str(rounds), "20"])
-    _extend(corpus, example.archive)
+    rounds, ready, stop = tmp_path / "rounds.json", tmp_path / "ready", tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, str(script), str(corpus), str(rounds), str(ready), str(stop)])
+    deadline = time.monotonic() + 120
+    while not ready.exists() and reader.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the reader did not read version 1"
+    _extend(corpus, example.archive)  # while the reader reads, round after round
+    stop.touch()
     assert reader.wait(timeout=120) == 0
     digests = json.loads(rounds.read_text())
     assert len(digests) >= 2 and len(set(digests)) == 1
     assert CorpusReader(corpus).version == 2
 
 
-def test_verify_finds_a_missing_shard_and_a_dangling_row(first_archive: Path, tmp_path: Path) -> None:
-    corpus = _fresh_copy(first_archive, tmp_path)
+def test_verify_finds_a_missing_shard_and_a_dangling_row(first_corpus: Path, tmp_path: Path) -> None:
+    corpus = _fresh_copy(first_corpus, tmp_path)
     reader = CorpusReader(corpus)
     observations_path = reader.paths.version_dir(1) / "observations.parquet"
     observations = pd.read_parquet(observations_path)

@@ -37,5 +37,5 @@ def test_other_formats_build_the_same_corpus(corpus: Path, other_corpus: Path) -
     assert np.array_equal(found.patches[:], expected.patches[:])
     scenes = found.table("scenes").set_index("product")
     assert set(scenes["status"]) == {"ok", "rejected"}  # D's older version is superseded
-    hrefs = " ".join(scenes["assets"])
+    hrefs = " ".join(href for assets in scenes["assets"] for _, href in assets)
     assert all(ext in hrefs for ext in ("-SPECTRAL_IMAGE.BSQ", "-SPECTRAL_IMAGE.BIL", "-SPECTRAL_IMAGE.BIP", ".JP2"))

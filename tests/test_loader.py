@@ -26,7 +26,7 @@ def test_observation_items_equal_the_zarr_bytes(corpus: Path) -> None:
     reader = CorpusReader(corpus)
     bands = [0, 57, 201]
     dataset = CorpusDataset(corpus, split=None, unit="observation", bands=bands, normalize=False)
-    assert len(dataset) == reader.manifest["n_obs"]
+    assert len(dataset) == reader.manifest.n_obs
     observations = reader.table("observations").set_index("obs")
     for index in range(len(dataset)):
         item = dataset[index]
@@ -59,11 +59,11 @@ def test_location_items_take_two_different_dates_when_the_stack_has_them(corpus:
 
 
 def test_normalisation_uses_the_stored_statistics(corpus: Path) -> None:
-    stats = CorpusReader(corpus).manifest["stats"]
+    stats = CorpusReader(corpus).manifest.stats
     raw = CorpusDataset(corpus, split=None, unit="observation", normalize=False)[3]["image"]
     normed = CorpusDataset(corpus, split=None, unit="observation")[3]["image"]
-    mean = torch.tensor(stats["mean"]).view(-1, 1, 1)
-    std = torch.tensor(stats["std"]).view(-1, 1, 1)
+    mean = torch.tensor(stats.mean).view(-1, 1, 1)
+    std = torch.tensor(stats.std).view(-1, 1, 1)
     torch.testing.assert_close(normed, (raw - mean) / std)
 
 

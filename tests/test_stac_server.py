@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 
-from stac_server import stac_api
+from stac_server import StacServer
 
-COLLECTION_ID = "ENMAP_HSI_L2A"
+#: This module's collection on the session's STAC API (beside the example's and other modules').
+COLLECTION_ID = "ENMAP_HSI_L2A_SERVER_TEST"
 N_ITEMS = 12
 
 
@@ -60,11 +60,10 @@ def make_item(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """One STAC API with the 12 test items for the whole module."""
-    items = [make_item(i) for i in range(N_ITEMS)]
-    with stac_api(tmp_path_factory.mktemp("stac"), make_collection(), items) as url:
-        yield Client.open(url)
+def client(stac: StacServer) -> Client:
+    """The session's STAC API, the 12 test items loaded into this module's collection."""
+    stac.load(make_collection(), [make_item(i) for i in range(N_ITEMS)])
+    return Client.open(stac.url)
 
 
 def _ids(client: Client, **search: Any) -> set[str]:
@@ -72,10 +71,11 @@ def _ids(client: Client, **search: Any) -> set[str]:
     return {item.id for item in result.items()}
 
 
-def test_landing_page_conforms(client: Client) -> None:
+def test_landing_page_conforms(client: Client, stac: StacServer) -> None:
     assert client.conforms_to(ConformanceClasses.ITEM_SEARCH)
     assert client.conforms_to(ConformanceClasses.FILTER)
-    assert {c.id for c in client.get_collections()} == {COLLECTION_ID}
+    assert {c.id for c in client.get_collections()} == set(stac.collections)  # every collection loaded, once
+    assert COLLECTION_ID in stac.collections
 
 
 def test_bbox_search(client: Client) -> None:

@@ -52,11 +52,6 @@ LAYER_OF_KIND = {
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Example:
-    return write_example(tmp_path_factory.mktemp("synth"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def items(example: Example) -> dict[str, pystac.Item]:
     return {item.id: item for item in pystac.ItemCollection.from_file(str(example.stac_items))}
 
