@@ -77,6 +77,7 @@ import torch
 from machine_load import system_load, wait_for_quiet
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from spectral_corpus import corpus_format
 from spectral_corpus.catalog import synth as catalog_synth
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import write_example
@@ -123,7 +124,7 @@ class BenchData:
 def source_key() -> str:
     """A short hash of the sources that shape the cached data (generator, build, codec, export)."""
     digest = hashlib.sha256()
-    for module in (catalog_synth, stages_store, pipeline_export):
+    for module in (catalog_synth, stages_store, pipeline_export, corpus_format):
         digest.update(Path(str(module.__file__)).read_bytes())
     digest.update((Path(str(pipeline_export.__file__)).parent / "build.py").read_bytes())
     return digest.hexdigest()[:12]
@@ -486,7 +487,7 @@ def seeded_random_sampler(size: int) -> tuple[RandomSampler, Callable[[int], Non
 
 def chunk_bytes(dataset: CorpusDataset) -> tuple[list[bytes], ChunkSource]:
     """The compressed inner-chunk bytes of every item (the exact bytes the loader reads), and their source."""
-    source = ChunkSource(dataset.layout.root)
+    source = ChunkSource(dataset.root)
     return [source.read(int(o)) for o in np.asarray(dataset._obs).tolist()], source
 
 
@@ -595,7 +596,7 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
 
     reused = _shared_empty((batch_size, *source.shape), torch.float32)
     reused.fill_(0)
-    raw = CorpusDataset(dataset.layout.root, split=None, unit="observation", normalize=False)
+    raw = CorpusDataset(dataset.root, split=None, unit="observation", normalize=False)
     ring = np.zeros((batch_size, *source.shape), dtype=np.int16)
     try:
         for _ in range(repeats):

@@ -132,7 +132,10 @@ def _within(value: float | None, bound: float | None, passes: Callable[[float, f
 
 def read_aoi(path: Path) -> BaseGeometry:
     """The union of all geometries in a vector file, in lon/lat (EPSG:4326)."""
-    frame = gpd.read_file(path)
+    try:
+        frame = gpd.read_file(path)
+    except Exception as error:  # pyogrio/fiona raise their own types for a missing or unreadable file
+        raise SourceError(f"AOI file {str(path)!r} cannot be read: {error}") from None
     if frame.empty:
         raise SourceError(f"AOI file {str(path)!r} holds no geometries")
     if frame.crs is None:
@@ -157,7 +160,10 @@ def _check_bbox(bbox: BBox) -> None:
 def _to_utc(value: TimeLike, *, end_of_day: bool) -> datetime:
     """A UTC datetime; a date (or date-only string) means its first or, for an end, its last instant."""
     if isinstance(value, str):
-        value = date.fromisoformat(value) if _DATE_ONLY.match(value) else datetime.fromisoformat(value)
+        try:
+            value = date.fromisoformat(value) if _DATE_ONLY.match(value) else datetime.fromisoformat(value)
+        except ValueError:
+            raise SourceError(f"{value!r} is not an ISO 8601 date or time (2024-05-01 or 2024-05-01T10:00Z)") from None
     if not isinstance(value, datetime):
         day_start = datetime.combine(value, time(), tzinfo=UTC)
         return day_start + timedelta(days=1, microseconds=-1) if end_of_day else day_start

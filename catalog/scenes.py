@@ -19,6 +19,7 @@ from spectral_corpus.catalog.bands import N_BANDS, REFLECTANCE_SCALE
 from spectral_corpus.catalog.metadata import COVERS, ProductMetadata
 from spectral_corpus.catalog.product import ProductName
 from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.corpus_files import LocalFiles
 from spectral_corpus.corpus_format import FORMAT_VERSION, SCHEMAS, read_table, to_arrow
 
 OK = "ok"
@@ -272,7 +273,7 @@ def write_scene_table(table: gpd.GeoDataFrame, path: Path) -> None:
 
 def read_scene_table(path: Path) -> gpd.GeoDataFrame:
     """Read a scene table written by ``write_scene_table``."""
-    table: gpd.GeoDataFrame = read_table(path, "scenes", FORMAT_VERSION)
+    table: gpd.GeoDataFrame = read_table(LocalFiles(path.parent), path.name, "scenes", FORMAT_VERSION)
     meta = pq.read_schema(path).metadata or {}
     table.attrs["query"] = json.loads(meta.get(_QUERY_KEY, b"{}"))
     return table

@@ -245,6 +245,7 @@ def _drop_published_work(paths: CorpusLayout, published: int | None) -> None:
 def _identity(options: BuildOptions, version: int) -> dict[str, Any]:
     """What a resumed run must share with the run that started the work state."""
     return {
+        "format_version": FORMAT_VERSION,  # a run started by software writing another format is not resumed
         "version": version,
         "source": options.source,
         "query": options.query.as_dict(),

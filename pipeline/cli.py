@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rasters import RASTER_FORMATS
+from spectral_corpus.corpus_files import is_object_store
 from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.pipeline.errors import UsageError
 from spectral_corpus.pipeline.outcomes import DryRun, Unchanged
@@ -36,10 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one sub-command; return the process exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    quiet = getattr(args, "quiet", False)
+    args.progress = None if quiet else TaskBars()
     try:
-        with _stage_lines(not getattr(args, "quiet", False)):
+        with _stage_lines(not quiet):
             return int(args.run(args))
     except SpectralCorpusError as error:
+        if args.progress is not None:
+            args.progress.close()  # the error goes on a line of its own, after the bar it stopped
         print(f"spectral-corpus {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -65,6 +70,21 @@ def _stage_lines(show: bool) -> Iterator[None]:
         pipeline_log.propagate = propagate
 
 
+def corpus_root(text: str) -> str | Path:
+    """A corpus argument: an object-store URL stays a string, anything else is a local path."""
+    return text if is_object_store(text) else Path(text)
+
+
+def _writable(root: str | Path) -> Path:
+    """The local corpus a command writes; an object-store URL is refused (for now) with what to do."""
+    if isinstance(root, str):
+        raise UsageError(
+            f"{root}: writing a corpus into an object store is not supported yet; build or extend it on local "
+            "disk and copy it to the bucket: info, verify, versions, export-spectralearth and the loader read it there"
+        )
+    return root
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral-corpus", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build a corpus from a STAC API, a static STAC file or an archive")
     build.add_argument("--source", required=True, help="STAC API URL, static STAC JSON file, or product directory")
-    build.add_argument("--out", required=True, type=Path)
+    build.add_argument("--out", required=True, type=corpus_root)
     _add_query_options(build)
     _add_rule_options(build)
     build.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
@@ -97,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(run=_build)
 
     extend = commands.add_parser("extend", help="add new acquisitions to a corpus and publish a new version")
-    extend.add_argument("--corpus", required=True, type=Path)
+    extend.add_argument("--corpus", required=True, type=corpus_root)
     extend.add_argument("--source", required=True, help="STAC API URL, static STAC JSON file, or product directory")
     _add_query_options(extend)
     extend.add_argument("--dry-run", action="store_true", help="print what would be added; write nothing")
@@ -107,12 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     extend.set_defaults(run=_extend)
 
     versions = commands.add_parser("versions", help="list a corpus's published versions")
-    versions.add_argument("corpus", type=Path)
+    versions.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     versions.add_argument("--json", action="store_true")
     versions.set_defaults(run=_versions)
 
     resplit = commands.add_parser("resplit", help="re-draw the splits, recompute the statistics, publish a version")
-    resplit.add_argument("corpus", type=Path)
+    resplit.add_argument("corpus", type=corpus_root)
     resplit.add_argument("--split-block-cells", type=int)
     resplit.add_argument("--val-fraction", type=float)
     resplit.add_argument("--test-fraction", type=float)
@@ -125,18 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
 
     info = commands.add_parser("info", help="summarise a corpus")
-    info.add_argument("corpus", type=Path)
+    info.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     info.add_argument("--version", type=int, help="a published version (default: current)")
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_info)
 
     verify = commands.add_parser("verify", help="recompute shard checksums and cross-check tables and store")
-    verify.add_argument("corpus", type=Path)
+    verify.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     verify.add_argument("--version", type=int)
     verify.set_defaults(run=_verify)
 
     export = commands.add_parser("export-spectralearth", help="write the published SpectralEarth GeoTIFF layout")
-    export.add_argument("corpus", type=Path)
+    export.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     export.add_argument("dest", type=Path)
     export.add_argument("--version", type=int)
     export.set_defaults(run=_export)
@@ -221,18 +241,18 @@ def _rules(args: argparse.Namespace) -> Rules:
     )
 
 
-def _source_options(args: argparse.Namespace, out: Path, rules: Rules) -> BuildOptions:
+def _source_options(args: argparse.Namespace, out: str | Path, rules: Rules) -> BuildOptions:
     """What ``build`` and ``extend`` read (source, query, cluster, progress) and where they publish."""
     from spectral_corpus.pipeline.build import BuildOptions
 
     return BuildOptions(
         source=args.source,
-        out=out,
+        out=_writable(out),
         query=_query(args),
         rules=rules,
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=None if args.quiet else TaskBars(),
+        progress=args.progress,
     )
 
 
@@ -270,12 +290,12 @@ def _resplit(args: argparse.Namespace) -> int:
 
     options = BuildOptions(
         source="",
-        out=args.corpus,
+        out=_writable(args.corpus),
         query=SceneQuery(),
         rules=Rules(),
         workers=args.workers,
         scheduler=args.scheduler,
-        progress=None if args.quiet else TaskBars(),
+        progress=args.progress,
     )
     names = ("split_block_cells", "val_fraction", "test_fraction", "split_seed")
     changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -334,7 +354,7 @@ def _export(args: argparse.Namespace) -> int:
     from spectral_corpus.pipeline.export import export_spectralearth
     from spectral_corpus.pipeline.reader import CorpusReader
 
-    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=TaskBars())
+    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=args.progress)
     print(f"wrote {count} patches to {args.dest / 'enmap'}")
     return 0
 
@@ -370,7 +390,7 @@ def _demo(args: argparse.Namespace) -> int:
                 query=SceneQuery(),
                 rules=Rules(),
                 workers=args.workers,
-                progress=TaskBars(),
+                progress=args.progress,
             )
         )
     print(format_summary(corpus_summary(CorpusReader(corpus))))

@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 
 from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.pipeline.errors import PipelineError
 from spectral_corpus.pipeline.progress import Progress
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.grid import PATCH_PX, cell_transform
@@ -19,6 +20,10 @@ from spectral_corpus.stages.grid import PATCH_PX, cell_transform
 
 def export_spectralearth(reader: CorpusReader, dest: Path, progress: Progress | None = None) -> int:
     """Write every observation of the version as a GeoTIFF; return how many were written."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PipelineError(f"{dest} cannot be written: {error.strerror}") from None
     observations = reader.table("observations")
     bands = reader.metadata.bands
     descriptions = [f"band {b} ({c:.1f} nm)" for b, c in zip(bands["band"], bands["center_nm"], strict=True)]

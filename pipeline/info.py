@@ -16,7 +16,7 @@ from spectral_corpus.stages.plan import DROP_REASONS
 
 def rejection_label(code: str | None) -> str:
     """How the summaries name a rejection code (a scene table's ``rejection`` column)."""
-    return Rejection(code).label if code else Rejection.UNREADABLE.label
+    return Rejection(code if isinstance(code, str) and code else Rejection.UNRECORDED).label
 
 
 def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def corpus_summary(reader: CorpusReader) -> dict[str, Any]:
     dropped = candidates["drop_reason"].value_counts()
     nbytes, raw = int(shards["nbytes"].sum()), int(shards["raw_bytes"].sum())
     return {
-        "corpus": str(reader.paths.root),
+        "corpus": reader.files.root,
         "version": reader.version,
         "scenes": {
             "total": len(scenes),

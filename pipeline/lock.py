@@ -14,15 +14,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spectral_corpus.pipeline.errors import CorpusLockedError
+from spectral_corpus.pipeline.errors import CorpusLockedError, PipelineError
 
 
 @contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
     """Hold the corpus's writer lock for the block; raise CorpusLockedError at once if it is taken."""
-    root.mkdir(parents=True, exist_ok=True)
     path = root / ".writer.lock"
-    with path.open("a+") as handle:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as error:
+        raise PipelineError(f"{root} cannot be written: {error.strerror}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -38,6 +38,10 @@ class TaskBars:
             if done == total:
                 self._close()
 
+    def close(self) -> None:
+        """End the bar of the stage in progress (a run that failed leaves one open)."""
+        self._close()
+
     def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -7,28 +7,12 @@ import pandas as pd
 
 from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
-from spectral_corpus.corpus_format import FLAGS, PATCH_PX
+from spectral_corpus.corpus_format import FLAGS, PATCH_PX, SCHEMAS
 from spectral_corpus.stages.inspect import InspectResult
 from spectral_corpus.stages.plan import KEY, Plan
 
-OBSERVATION_COLUMNS = [
-    "obs",
-    "shard",
-    "slot",
-    "location_id",
-    "split",
-    "scene_id",
-    "product",
-    "acquired",
-    "epsg",
-    "ix",
-    "iy",
-    "row",
-    "col",
-    "x",
-    "y",
-    *(f"frac_{flag}" for flag in FLAGS),
-]
+#: The public observation columns, in the format's order.
+OBSERVATION_COLUMNS = SCHEMAS["observations"].names
 
 
 def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame:

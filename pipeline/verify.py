@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from spectral_corpus.corpus_format import TABLES
+from spectral_corpus.corpus_format import TABLES, shard_file_key, table_key
 from spectral_corpus.pipeline.reader import CorpusReader
-from spectral_corpus.stages.store import sha256_file
 
 
 def verify_corpus(reader: CorpusReader) -> list[str]:
@@ -24,24 +23,26 @@ def verify_corpus(reader: CorpusReader) -> list[str]:
 
 
 def _check_table_files(reader: CorpusReader) -> list[str]:
-    problems = []
-    for name in TABLES:
-        path = reader.paths.table(reader.version, name)
-        if not path.exists():
-            problems.append(f"{path}: table is missing")
-        elif sha256_file(path) != reader.manifest.tables[name]:
-            problems.append(f"{path}: checksum differs from the manifest")
+    files, problems = reader.files, []
+    if reader.manifest.format_version >= 2:  # format 1 began without the moments and retired tables
+        problems += [f"the manifest lists no {name} table" for name in TABLES if name not in reader.manifest.tables]
+    for name in reader.manifest.tables:
+        key = table_key(reader.version, name)
+        if not files.exists(key):
+            problems.append(f"{files.root}/{key}: table is missing")
+        elif files.sha256(key) != reader.manifest.tables[name]:
+            problems.append(f"{files.root}/{key}: checksum differs from the manifest")
     return problems
 
 
 def _check_shards(reader: CorpusReader, shards: pd.DataFrame) -> list[str]:
-    problems = []
+    files, problems = reader.files, []
     for shard, digest in zip(shards["shard"], shards["sha256"], strict=True):
-        path = reader.paths.shard_file(int(shard))
-        if not path.exists():
-            problems.append(f"shard {shard}: file {path} is missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"shard {shard}: checksum of {path} differs from the shards table")
+        key = shard_file_key(int(shard))
+        if not files.exists(key):
+            problems.append(f"shard {shard}: file {files.root}/{key} is missing")
+        elif files.sha256(key) != digest:
+            problems.append(f"shard {shard}: checksum of {files.root}/{key} differs from the shards table")
     return problems
 
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.corpus_files import CorpusFiles
 from spectral_corpus.errors import SpectralCorpusError
 
 FORMAT_NAME = "spectral-corpus"
@@ -64,13 +65,29 @@ def shard_key(shard: int) -> str:
     return f"c/{shard}/0/0/0"
 
 
+#: The patch array inside the corpus.
+PATCH_ARRAY = f"{ZARR}/{PATCHES}"
+
+
 def version_key(version: int) -> str:
     return f"{VERSIONS}/v{version:04d}"
 
 
+def manifest_key(version: int) -> str:
+    return f"{version_key(version)}/{MANIFEST}"
+
+
+def table_key(version: int, name: str) -> str:
+    return f"{version_key(version)}/{name}.parquet"
+
+
+def shard_file_key(shard: int) -> str:
+    return f"{PATCH_ARRAY}/{shard_key(shard)}"
+
+
 @dataclass(frozen=True)
 class CorpusLayout:
-    """Where each part of a corpus lives, from its root."""
+    """Where each part of a corpus on local disk lives, from its root (the keys above, as paths)."""
 
     root: Path
 
@@ -80,7 +97,7 @@ class CorpusLayout:
 
     @property
     def patch_array(self) -> Path:
-        return self.zarr / PATCHES
+        return self.root / PATCH_ARRAY
 
     @property
     def versions(self) -> Path:
@@ -102,13 +119,13 @@ class CorpusLayout:
         return self.root / version_key(version)
 
     def manifest(self, version: int) -> Path:
-        return self.version_dir(version) / MANIFEST
+        return self.root / manifest_key(version)
 
     def table(self, version: int, name: str) -> Path:
-        return self.version_dir(version) / f"{name}.parquet"
+        return self.root / table_key(version, name)
 
     def shard_file(self, shard: int) -> Path:
-        return self.patch_array / shard_key(shard)
+        return self.root / shard_file_key(shard)
 
 
 # --- documents -------------------------------------------------------------------------------
@@ -205,37 +222,36 @@ def check_format(document: dict[str, Any], source: str) -> None:
         )
 
 
-def read_document(path: Path) -> dict[str, Any]:
+def read_document(files: CorpusFiles, key: str) -> dict[str, Any]:
     """A JSON document of the corpus; FormatError naming the file when it is missing or not JSON."""
     try:
-        document: dict[str, Any] = json.loads(path.read_text())
+        document: dict[str, Any] = json.loads(files.read(key))
     except FileNotFoundError:
-        raise FormatError(f"{path} is missing") from None
+        raise FormatError(f"{files.root}/{key} is missing") from None
     except json.JSONDecodeError as error:
-        raise FormatError(f"{path} is not valid JSON: {error}") from None
+        raise FormatError(f"{files.root}/{key} is not valid JSON: {error}") from None
     return document
 
 
-def read_metadata(paths: CorpusLayout) -> CorpusMetadata:
-    """``corpus.json``; FormatError when the path is not a corpus this software reads."""
-    if not paths.metadata.exists():
-        raise FormatError(f"{paths.root} is not a corpus: {paths.metadata.name} is missing")
-    return CorpusMetadata.from_json(read_document(paths.metadata), str(paths.root))
+def read_metadata(files: CorpusFiles) -> CorpusMetadata:
+    """``corpus.json``; FormatError when the root is not a corpus this software reads."""
+    if not files.exists(METADATA):
+        raise FormatError(f"{files.root} is not a corpus: {METADATA} is missing")
+    return CorpusMetadata.from_json(read_document(files, METADATA), files.root)
 
 
-def read_manifest(paths: CorpusLayout, version: int) -> Manifest:
+def read_manifest(files: CorpusFiles, version: int) -> Manifest:
     """The manifest of a published version; FormatError when there is no such version."""
-    path = paths.manifest(version)
-    if not path.exists():
-        raise FormatError(f"{paths.root}: version {version} does not exist")
-    return Manifest.from_json(read_document(path), f"{paths.root} version {version}")
+    if not files.exists(manifest_key(version)):
+        raise FormatError(f"{files.root}: version {version} does not exist")
+    return Manifest.from_json(read_document(files, manifest_key(version)), f"{files.root} version {version}")
 
 
-def current_version(paths: CorpusLayout) -> int:
+def current_version(files: CorpusFiles) -> int:
     """The published version number."""
-    if not paths.current.exists():
-        raise FormatError(f"{paths.root}: no published version (CURRENT is missing)")
-    return int(read_document(paths.current)["version"])
+    if not files.exists(CURRENT):
+        raise FormatError(f"{files.root}: no published version (CURRENT is missing)")
+    return int(read_document(files, CURRENT)["version"])
 
 
 # --- tables ----------------------------------------------------------------------------------
@@ -383,17 +399,18 @@ def write_table(frame: Any, path: Path, name: str) -> None:
     pq.write_table(to_arrow(frame, SCHEMAS[name]), path)
 
 
-def read_table(path: Path, name: str, format_version: int, columns: list[str] | None = None) -> Any:
+def read_table(files: CorpusFiles, key: str, name: str, format_version: int, columns: list[str] | None = None) -> Any:
     """Table ``name`` of a version written in ``format_version``, as the current format gives it.
 
     Geo tables come back as GeoDataFrames (EPSG:4326); scene assets as tuples of (key, href) pairs.
     """
+    source = pa.BufferReader(files.read(key))
     if name in GEO_TABLES and (columns is None or "geometry" in columns):
         import geopandas as gpd
 
-        frame = gpd.read_parquet(path, columns=columns)
+        frame = gpd.read_parquet(source, columns=columns)
     else:
-        frame = pq.read_table(path, columns=columns).to_pandas()
+        frame = pq.read_table(source, columns=columns).to_pandas()
     if "assets" in frame.columns:
         frame["assets"] = [_assets(value, format_version) for value in frame["assets"]]
     if name == "scenes" and format_version == 1 and "status" in frame.columns:

@@ -14,7 +14,9 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
+from spectral_corpus.corpus_files import LocalFiles
 from spectral_corpus.corpus_format import (
+    CURRENT,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
@@ -95,4 +97,4 @@ def read_current(paths: CorpusLayout) -> int | None:
     """The published version number, or None before the first commit."""
     if not paths.current.exists():
         return None
-    return int(read_document(paths.current)["version"])
+    return int(read_document(LocalFiles(paths.root), CURRENT)["version"])

@@ -24,25 +24,11 @@ from spectral_corpus.catalog.metadata import projection_name
 from spectral_corpus.catalog.product import REQUIRED_QUALITY
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
 from spectral_corpus.catalog.scenes import METADATA_XML, OK, REJECTED, SceneRecord
+from spectral_corpus.corpus_format import FLAGS
 from spectral_corpus.stages.grid import PATCH_PX, GridError, cell_windows, check_lattice
 
-#: Columns of the candidate table (one row per grid cell wholly inside a scene).
-CANDIDATE_COLUMNS = [
-    "product",
-    "epsg",
-    "ix",
-    "iy",
-    "row",
-    "col",
-    "n_flagged",
-    "n_nodata",
-    "n_cloud",
-    "n_cloudshadow",
-    "n_snow",
-    "n_haze",
-    "n_cirrus",
-    "n_water",
-]
+#: What inspect counts per cell; the plan adds the scene's datatake, tile, time and the drop reason.
+CANDIDATE_COLUMNS = ["product", "epsg", "ix", "iy", "row", "col", "n_flagged", *(f"n_{flag}" for flag in FLAGS)]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pytest
 
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import Example, write_example
-from spectral_corpus.corpus_format import CorpusLayout, read_document
+from spectral_corpus.corpus_format import CorpusLayout
 from spectral_corpus.pipeline.build import BuildOptions, build_corpus
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.store import sha256_file
@@ -153,9 +153,10 @@ def as_format_1(corpus: Path) -> Path:
     table = table.drop_columns(["rejection"])
     path.unlink()
     pq.write_table(table, path)
-    manifest = read_document(layout.manifest(1))
+    manifest = json.loads(layout.manifest(1).read_text())
     manifest["tables"]["scenes"] = sha256_file(path)
-    for document, values in ((layout.metadata, read_document(layout.metadata)), (layout.manifest(1), manifest)):
+    metadata = json.loads(layout.metadata.read_text())
+    for document, values in ((layout.metadata, metadata), (layout.manifest(1), manifest)):
         document.unlink()
         document.write_text(json.dumps({**values, "format_version": 1}))
     return corpus

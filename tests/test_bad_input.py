@@ -539,6 +539,20 @@ def test_a_path_that_is_not_a_corpus(bad_archive: Path, tmp_path: Path, capsys: 
             assert err == f"spectral-corpus {argv[0]}: error: {path} is not a corpus: corpus.json is missing\n"
 
 
+def test_bad_options_and_unwritable_places_are_one_line_errors(
+    bad_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = ["build", "--source", str(bad_archive), "--quiet", "--out"]
+    for argv, expected in (
+        ([*build, str(tmp_path / "c"), "--start", "notadate"], "'notadate' is not an ISO 8601 date or time"),
+        ([*build, str(tmp_path / "c"), "--aoi", str(tmp_path / "none.geojson")], "AOI file '"),
+        ([*build, "/proc/none/corpus"], "/proc/none/corpus cannot be written: No such file or directory"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"spectral-corpus build: error: {expected}") and err.count("\n") == 1, err
+
+
 def test_extend_of_a_missing_corpus_creates_nothing(bad_archive: Path, tmp_path: Path) -> None:
     assert main(["extend", "--corpus", str(tmp_path / "typo"), "--source", str(bad_archive), "--quiet"]) == 2
     assert not (tmp_path / "typo").exists()

@@ -24,9 +24,9 @@ from spectral_corpus.corpus_format import (
     CorpusLayout,
     FormatError,
     Manifest,
-    read_document,
 )
 from spectral_corpus.pipeline.reader import CorpusReader
+from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.training.dataset import CorpusDataset
 from spectral_corpus.training.shards import PatchReader
 
@@ -53,7 +53,7 @@ def test_geo_tables_are_geoparquet_in_wgs84(corpus: Path) -> None:
 
 def test_the_manifest_document_is_the_typed_manifest(corpus: Path) -> None:
     layout = CorpusLayout(corpus)
-    document = read_document(layout.manifest(1))
+    document = json.loads(layout.manifest(1).read_text())
     manifest = Manifest.from_json(document, "test")
     assert manifest.to_json() == document
     reader = CorpusReader(corpus)
@@ -111,7 +111,7 @@ def test_a_corpus_of_an_unknown_format_version_is_refused(corpus: Path, tmp_path
         copy = tmp_path / f"format-{found}"
         shutil.copytree(corpus, copy, copy_function=os.link)
         metadata = CorpusLayout(copy).metadata
-        values = read_document(metadata)
+        values = json.loads(metadata.read_text())
         metadata.unlink()
         metadata.write_text(json.dumps({**values, "format_version": found}))
         for open_corpus in (CorpusReader, CorpusDataset):
@@ -123,3 +123,18 @@ def test_a_path_that_is_not_a_corpus_is_named(tmp_path: Path) -> None:
     for open_corpus in (CorpusReader, CorpusDataset):
         with pytest.raises(FormatError, match=re.escape(f"{tmp_path} is not a corpus: corpus.json is missing")):
             open_corpus(tmp_path)
+
+
+def test_the_earliest_format_1_versions_without_moments_and_retired_are_read(corpus: Path, tmp_path: Path) -> None:
+    shutil.copytree(corpus, tmp_path / "v1", copy_function=os.link)
+    layout = CorpusLayout(as_format_1(tmp_path / "v1"))
+    manifest = json.loads(layout.manifest(1).read_text())
+    for name in ("moments", "retired"):
+        layout.table(1, name).unlink()
+        del manifest["tables"][name]
+    layout.manifest(1).unlink()
+    layout.manifest(1).write_text(json.dumps(manifest))
+    reader = CorpusReader(layout.root)
+    assert reader.table("retired").columns.tolist() == SCHEMAS["retired"].names and reader.table("retired").empty
+    assert reader.table("moments").empty
+    assert verify_corpus(reader) == []

@@ -21,14 +21,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, get_worker_info
 
+from spectral_corpus.corpus_files import CorpusFiles, corpus_files, is_object_store
 from spectral_corpus.corpus_format import (
+    PATCH_ARRAY,
     PIXEL_M,
-    CorpusLayout,
     FormatError,
     current_version,
     read_manifest,
     read_metadata,
     read_table,
+    table_key,
 )
 from spectral_corpus.training.shards import PatchReader
 
@@ -65,13 +67,14 @@ class CorpusDataset(Dataset[dict[str, Any]]):
     ) -> None:
         if unit not in _UNITS or views not in (1, 2):
             raise ValueError(f"unit must be one of {_UNITS} and views 1 or 2; got unit={unit!r}, views={views}")
-        self.layout = CorpusLayout(Path(corpus))
+        self.root = corpus if is_object_store(corpus) else Path(corpus)
+        files = corpus_files(self.root)
         self.unit, self.normalize, self.transforms, self.seed = unit, normalize, transforms, seed
         self.view_keys = VIEW_KEYS[:views]
-        metadata = read_metadata(self.layout)
-        self.version = current_version(self.layout) if version is None else version
-        manifest = read_manifest(self.layout, self.version)
-        observations = _observations(self.layout, self.version, manifest.format_version, split)
+        metadata = read_metadata(files)
+        self.version = current_version(files) if version is None else version
+        manifest = read_manifest(files, self.version)
+        observations = _observations(files, self.version, manifest.format_version, split)
         self._obs = observations["obs"].to_numpy(np.int64)
         self._meta = observations[["location_id", "x", "y", "t", "epsg", "shard"]].to_numpy(np.int64)
         starts = np.flatnonzero(np.r_[True, np.diff(observations["location_id"].to_numpy()) != 0])
@@ -189,7 +192,8 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         if self._reader is None or self._pid != os.getpid():
             if get_worker_info() is not None:
                 numcodecs.blosc.use_threads = False  # one decode thread per worker, like torch's own ops
-            self._reader = PatchReader(self.layout.patch_array)
+            root = self.root
+            self._reader = PatchReader(f"{root}/{PATCH_ARRAY}" if isinstance(root, str) else root / PATCH_ARRAY)
             self._pid = os.getpid()
         return self._reader
 
@@ -221,13 +225,13 @@ class Normalize(nn.Module):
         return out.sub_(self.mean).mul_(self.inv_std)
 
 
-def _observations(layout: CorpusLayout, version: int, format_version: int, split: str | None) -> pd.DataFrame:
+def _observations(files: CorpusFiles, version: int, format_version: int, split: str | None) -> pd.DataFrame:
     """Observations of the split, location-major and by date, with time in seconds."""
     columns = ["obs", "shard", "location_id", "split", "acquired", "epsg", "x", "y"]
-    table = read_table(layout.table(version, "observations"), "observations", format_version, columns)
+    table = read_table(files, table_key(version, "observations"), "observations", format_version, columns)
     if split is not None:
         if split not in set(table["split"]):
-            raise FormatError(f"{layout.root}: version {version} has no observations in split {split!r}")
+            raise FormatError(f"{files.root}: version {version} has no observations in split {split!r}")
         table = table[table["split"] == split]
     table = table.assign(t=table["acquired"].astype("datetime64[s, UTC]").astype("int64"))
     return table.sort_values(["location_id", "acquired", "obs"]).reset_index(drop=True)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from spectral_corpus.corpus_files import is_object_store
 from spectral_corpus.training.dataset import CorpusDataset
 from spectral_corpus.training.sampler import ShardAwareSampler
 
@@ -111,6 +112,9 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         prefetch_factor: int = 2,
         **kwargs: Any,
     ) -> None:
+        if num_workers and is_object_store(dataset.root):
+            # obstore's I/O runtime does not survive a fork: workers reading a bucket are spawned
+            kwargs.setdefault("multiprocessing_context", "spawn")
         slots = (prefetch_factor * num_workers if num_workers else 0) + 2
         shape = (slots, batch_size, *dataset.image_shape())
         if num_workers:

@@ -5,14 +5,14 @@ file ends with an index of (offset, nbytes) uint64 pairs, one per inner chunk, f
 CRC32C. A loader reads one inner chunk (one patch) per item, so the per-read overhead of a general
 Zarr library dominates: zarr-python, the zarrs pipeline and tensorstore all cost several
 milliseconds per patch on top of the blosc decode (see bench/README.md). This reader caches each
-shard's index, reads the chunk's bytes with ``os.pread`` and decodes them with numcodecs into a
-fresh array or the caller's buffer. Stores with any other layout are read through zarr-python.
+shard's index, reads the chunk's bytes with one ranged read (``os.pread`` on disk, one ranged GET from an
+object store; see ``corpus_files``) and decodes them with numcodecs into a fresh array or the caller's
+buffer. Stores with any other layout are read through zarr-python.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from spectral_corpus.corpus_files import corpus_files
 from spectral_corpus.corpus_format import shard_key
 from spectral_corpus.training.errors import CorruptShardError
 
@@ -30,16 +31,16 @@ _EMPTY = np.uint64(2**64 - 1)
 class PatchReader:
     """Patches (band, y, x) of a patch array by observation index; safe to create per process."""
 
-    def __init__(self, array_dir: Path) -> None:
-        self.array_dir = Path(array_dir)
-        meta = json.loads((self.array_dir / "zarr.json").read_text())
+    def __init__(self, array: str | Path) -> None:
+        self.files = corpus_files(array)
+        meta = json.loads(self.files.read("zarr.json"))
         self.patch_shape = tuple(meta["shape"][1:])
         self.dtype = np.dtype(meta["data_type"])
         self.fill_value = meta["fill_value"]
         self._fast = _fast_layout(meta)
         self._array: zarr.Array | None = None
         if self._fast is None:
-            self._array = zarr.open_array(self.array_dir, mode="r")
+            self._array = zarr.open_array(self.files.zarr_store(), mode="r")
         self._index = lru_cache(maxsize=64)(self._read_index)
 
     def read(self, obs: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -56,26 +57,16 @@ class PatchReader:
         if offset == _EMPTY:
             out.fill(self.fill_value)
             return out
-        fd = os.open(self._shard_path(shard), os.O_RDONLY)
-        try:
-            data = os.pread(fd, int(nbytes), int(offset))
-        finally:
-            os.close(fd)
-        codec.decode(data, out=out)
+        codec.decode(self.files.read_range(shard_key(shard), int(offset), int(nbytes)), out=out)
         return out
-
-    def _shard_path(self, shard: int) -> Path:
-        return self.array_dir / shard_key(shard)
 
     def _read_index(self, shard: int) -> np.ndarray:
         shard_size = self._fast[0] if self._fast else 0
-        size = shard_size * 16 + 4
-        with self._shard_path(shard).open("rb") as f:
-            f.seek(-size, os.SEEK_END)
-            raw = f.read(size)
+        size, key = shard_size * 16 + 4, shard_key(shard)
+        raw = self.files.read_range(key, self.files.size(key) - size, size)
         body, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
         if google_crc32c.value(body) != crc:
-            raise CorruptShardError(f"{self._shard_path(shard)}: shard index checksum mismatch (corrupt shard)")
+            raise CorruptShardError(f"{self.files.root}/{key}: shard index checksum mismatch (corrupt shard)")
         return np.frombuffer(body, dtype="<u8").reshape(shard_size, 2)
 
 
