@@ -372,6 +372,9 @@ def to_arrow(frame: Any, schema: pa.Schema, metadata: dict[bytes, bytes] | None 
             values = [None if v is None else list(v) for v in values]
         columns[field.name] = pa.array(values, type=field.type, from_pandas=True)
     extra = dict(metadata or {})
+    crs = getattr(frame, "crs", None)
+    if "geometry" in schema.names and crs is not None and crs.to_epsg() != 4326:
+        raise FormatError(f"geometries must be in EPSG:4326 (lon, lat), not {crs}")
     if "geometry" in schema.names:
         extra[b"geo"] = json.dumps(_geo_metadata(frame["geometry"])).encode()
     return pa.table(columns, schema=schema.with_metadata(extra))

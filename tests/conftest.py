@@ -162,6 +162,17 @@ def as_format_1(corpus: Path) -> Path:
     return corpus
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread: small CPU steps run steadier (and reproduce bit for bit) on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def kill_after_first_shard(command: list[str], corpus: Path) -> None:
     """Run a build or extend command and SIGKILL its whole process group once a first shard is written."""
     process = subprocess.Popen(command, start_new_session=True)

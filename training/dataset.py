@@ -25,13 +25,13 @@ from spectral_corpus.corpus_files import CorpusFiles, corpus_files, is_object_st
 from spectral_corpus.corpus_format import (
     PATCH_ARRAY,
     PIXEL_M,
-    FormatError,
     current_version,
     read_manifest,
     read_metadata,
     read_table,
     table_key,
 )
+from spectral_corpus.training.errors import TrainConfigError
 from spectral_corpus.training.shards import PatchReader
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -231,7 +231,7 @@ def _observations(files: CorpusFiles, version: int, format_version: int, split: 
     table = read_table(files, table_key(version, "observations"), "observations", format_version, columns)
     if split is not None:
         if split not in set(table["split"]):
-            raise FormatError(f"{files.root}: version {version} has no observations in split {split!r}")
+            raise TrainConfigError(f"{files.root}: version {version} has no observations in split {split!r}")
         table = table[table["split"] == split]
     table = table.assign(t=table["acquired"].astype("datetime64[s, UTC]").astype("int64"))
     return table.sort_values(["location_id", "acquired", "obs"]).reset_index(drop=True)
