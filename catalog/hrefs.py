@@ -7,18 +7,22 @@ import os
 import re
 import struct
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import IO
+from urllib.parse import urlsplit
+
+import rasterio
 
 _VSIZIP = re.compile(r"^/vsizip/(?P<archive>.+?\.zip)/(?P<member>.+)$", re.IGNORECASE)
 
 
 def is_local(href: str) -> bool:
     """True for a local path, a ``file://`` URL or a member of a local ZIP (``/vsizip/...``)."""
-    if href.startswith("file://") or _VSIZIP.match(href):
-        return True
-    return "://" not in href and not href.startswith("/vsi")
+    zipped = _VSIZIP.match(href)
+    if zipped is not None:
+        return is_local(zipped["archive"])  # a ZIP in a bucket (/vsizip//vsis3/...) is not
+    return href.startswith("file://") or ("://" not in href and not href.startswith("/vsi"))
 
 
 @contextmanager
@@ -118,3 +122,30 @@ def local_size(href: str) -> int | None:
         return os.path.getsize(href.removeprefix("file://"))
     with zipfile.ZipFile(zipped["archive"]) as archive:
         return archive.getinfo(zipped["member"]).file_size
+
+
+@contextmanager
+def open_raster(href: str) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster href with rasterio; ``s3://`` (and ``/vsizip//vsis3/``) hrefs are read by ranged reads.
+
+    An S3 endpoint other than AWS (``AWS_ENDPOINT_URL``, as for the corpus's object store: MinIO, Ceph,
+    ...) is passed to GDAL in its own terms while the raster is open; keys and region come from the
+    environment as GDAL reads them.
+    """
+    options = gdal_s3_options(os.environ) if "s3://" in href.lower() or "/vsis3/" in href else {}
+    with rasterio.Env(**options) if options else nullcontext(), rasterio.open(href) as dataset:
+        yield dataset
+
+
+def gdal_s3_options(environ: Mapping[str, str]) -> dict[str, str]:
+    """GDAL's configuration for the S3 endpoint that ``AWS_ENDPOINT_URL`` names (empty for AWS itself)."""
+    endpoint = environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return {}
+    url = urlsplit(endpoint)
+    return {
+        "AWS_S3_ENDPOINT": url.netloc,
+        "AWS_HTTPS": "YES" if url.scheme == "https" else "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no listing of the product's folder on open
+    }

@@ -19,7 +19,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from spectral_corpus.catalog.bands import N_BANDS, NODATA
-from spectral_corpus.catalog.hrefs import local_size
+from spectral_corpus.catalog.hrefs import local_size, open_raster
 from spectral_corpus.catalog.metadata import projection_name
 from spectral_corpus.catalog.product import REQUIRED_QUALITY
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
@@ -73,7 +73,7 @@ def _read_flags(record: SceneRecord) -> tuple[int, _Flags]:
         missing_layers = f"{record.product}: missing quality layer(s) {', '.join(missing)}"
         raise RejectedError(Rejection.QUALITY_LAYERS, missing_layers)
     href = assets["image"]
-    with rasterio.open(href) as image:
+    with open_raster(href) as image:
         _check_image(image, href)
         epsg = check_lattice(image.transform, image.crs, href)
         _check_catalog(record, image, epsg, href)
@@ -164,7 +164,7 @@ def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
 
 
 def _read_layer(href: str, shape: tuple[int, int], transform: object) -> np.ndarray:
-    with rasterio.open(href) as layer:
+    with open_raster(href) as layer:
         if layer.shape != shape or layer.transform != transform:
             reason = f"{href}: quality layer grid {layer.shape} differs from the image {shape}"
             raise RejectedError(Rejection.QUALITY_LAYERS, reason)

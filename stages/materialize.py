@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import rasterio
 import zarr
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from spectral_corpus.catalog.bands import NODATA
+from spectral_corpus.catalog.hrefs import open_raster
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
 from spectral_corpus.corpus_format import PATCHES, CorpusLayout
 from spectral_corpus.stages.grid import PATCH_PX
@@ -108,16 +108,15 @@ def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndar
     row0, col0 = int(group["row"].min()), int(group["col"].min())
     height = int(group["row"].max()) + PATCH_PX - row0
     width = int(group["col"].max()) + PATCH_PX - col0
+    opened = False
     try:
-        image = rasterio.open(href)
-    except RasterioError as error:
-        raise SceneReadError(href, Rejection.UNREADABLE, f"{href}: cannot be opened ({gdal_reasons(error)})") from error
-    with image:
-        try:
+        with open_raster(href) as image:
+            opened = True
             block = image.read(indexes=[int(b) for b in bands], window=Window(col0, row0, width, height))
-        except RasterioError as error:
-            reason = f"{href}: data is corrupt ({gdal_reasons(error)})"
-            raise SceneReadError(href, Rejection.CORRUPT_DATA, reason) from error
+    except RasterioError as error:
+        failure = (Rejection.CORRUPT_DATA, "data is corrupt") if opened else (Rejection.UNREADABLE, "cannot be opened")
+        code, what = failure
+        raise SceneReadError(href, code, f"{href}: {what} ({gdal_reasons(error)})") from error
     for obs, row, col in zip(group["obs"], group["row"], group["col"], strict=True):
         r, c = int(row) - row0, int(col) - col0
         out[int(obs) - first] = block[:, r : r + PATCH_PX, c : c + PATCH_PX]

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import build
 from s3_server import create_bucket, s3_server, upload
+from spectral_corpus.catalog.synth import Example
 from spectral_corpus.corpus_files import ObjectFiles, corpus_files
 from spectral_corpus.corpus_format import PATCH_ARRAY, TABLES, shard_file_key
 from spectral_corpus.pipeline.cli import main
@@ -119,3 +121,32 @@ def test_verify_names_a_corrupt_shard_in_the_bucket(bucket_corpus: str, corpus: 
 
     obstore.put(files.store, key, bytes(data))
     assert verify_corpus(CorpusReader(copy)) == [f"shard 1: checksum of {copy}/{key} differs from the shards table"]
+
+
+def _in_bucket(href: str, archive: Path, products: str) -> str:
+    """An asset href of the example's archive, moved to the same place under ``products`` in the bucket."""
+    if href.startswith("/vsizip/"):
+        return "/vsizip//vsis3/" + _in_bucket(href.removeprefix("/vsizip/"), archive, products).removeprefix("s3://")
+    return products + "/" + Path(href).relative_to(archive).as_posix()
+
+
+def test_products_in_a_bucket_build_the_same_corpus(
+    bucket_corpus: str, example: Example, corpus: Path, tmp_path: Path
+) -> None:
+    products = upload(example.archive, f"s3://{BUCKET}/products")
+    items = json.loads(example.stac_items.read_text())
+    for item in items["features"]:
+        for asset in item["assets"].values():
+            asset["href"] = _in_bucket(asset["href"], example.archive, products)
+    hrefs = [asset["href"] for item in items["features"] for asset in item["assets"].values()]
+    assert all(href.startswith(("s3://", "/vsizip//vsis3/")) for href in hrefs)
+    source = tmp_path / "items.json"
+    source.write_text(json.dumps(items))
+    built = build(source, tmp_path / "from-bucket", local_cluster=True)  # its workers see the S3 environment
+    want, got = CorpusReader(corpus), CorpusReader(built)
+    key = ["product", "epsg", "ix", "iy", "row", "col"]
+    pd.testing.assert_frame_equal(got.table("observations")[key], want.table("observations")[key])
+    np.testing.assert_array_equal(got.patches[:], want.patches[:])
+    scenes = got.table("scenes").set_index("product")
+    assert set(scenes.loc[scenes["status"] == "ok", "described_by"]) == {"STAC item"}  # no METADATA.XML fetched
+
