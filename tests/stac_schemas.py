@@ -55,6 +55,11 @@ def _validator(url: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft7Validator({"$ref": url}, registry=_REGISTRY)
 
 
+def offline_validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """A draft-7 validator of ``schema`` whose ``$ref``s resolve to the files kept here (PROJJSON, ...)."""
+    return jsonschema.Draft7Validator(schema, registry=_REGISTRY)
+
+
 def _leaves(error: ValidationError) -> list[ValidationError]:
     """The innermost errors; for a failed ``oneOf``/``anyOf``, those of the branch that got deepest into the data."""
     if not error.context:

@@ -29,6 +29,10 @@ from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.training.dataset import CorpusDataset
 from spectral_corpus.training.shards import PatchReader
+from stac_schemas import offline_validator
+
+#: The official JSON schema of GeoParquet 1.0.0 file metadata (source in tests/data/geoparquet/README.md).
+GEOPARQUET_SCHEMA = json.loads((Path(__file__).parent / "data" / "geoparquet" / "schema-1.0.0.json").read_text())
 
 
 def test_every_table_has_its_declared_schema(corpus: Path) -> None:
@@ -46,6 +50,7 @@ def test_geo_tables_are_geoparquet_in_wgs84(corpus: Path) -> None:
         assert geo["version"] == "1.0.0" and geo["primary_column"] == "geometry"
         assert geo["columns"]["geometry"]["encoding"] == "WKB"
         assert geo["columns"]["geometry"]["geometry_types"] == ["Polygon"]
+        offline_validator(GEOPARQUET_SCHEMA).validate(geo)  # the official GeoParquet 1.0.0 schema
         frame = gpd.read_parquet(path)
         assert frame.crs.to_epsg() == 4326
         assert np.allclose(geo["columns"]["geometry"]["bbox"], frame.total_bounds)
