@@ -207,9 +207,14 @@ def _prepare_array(paths: CorpusLayout, plan: Plan, base: CorpusReader | None, r
     )
 
 
+def _image_hrefs(scenes: pd.DataFrame) -> dict[str, str | None]:
+    """Each scene's spectral image: product -> href."""
+    return {p: dict(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+
+
 def _products_of(scenes: pd.DataFrame, failures: dict[str, tuple[Rejection, str]]) -> ReadFailures:
     """Unreadable images (href -> code, reason) as the products they belong to."""
-    product_of = {dict(a).get("image"): p for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
+    product_of = {href: product for product, href in _image_hrefs(scenes).items()}
     return {product_of[href]: failure for href, failure in failures.items()}
 
 
@@ -268,16 +273,10 @@ def _inspect(
     client: Client, work: WorkState, records: list[Any], progress: Progress | None
 ) -> list[InspectResult]:
     """Inspect each scene once; results are kept per scene so a re-run skips them."""
-    todo = [r for r in records if work.inspection(r.product) is None]
+    todo = [r for r in records if not work.inspection_file(r.product).exists()]
     tasks = [(f"inspect-{r.product}", inspect_task, (r, work.inspection_file(r.product))) for r in todo]
     _run(client, tasks, "inspect", progress)
-    return [_inspected(work, r.product) for r in records]
-
-
-def _inspected(work: WorkState, product: str) -> InspectResult:
-    result = work.inspection(product)
-    assert result is not None, f"{product} was inspected"
-    return result
+    return [work.inspection(r.product) for r in records]
 
 
 def inspect_task(record: Any, path: Path) -> str:
@@ -344,8 +343,7 @@ def _materialize(
     progress: Progress | None,
 ) -> tuple[pd.DataFrame, dict[str, tuple[Rejection, str]]]:
     """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
-    hrefs = {p: dict(a).get("image") for p, a in zip(scenes["product"], scenes["assets"], strict=True)}
-    observations = added.assign(href=added["product"].map(hrefs), train=added["split"] == "train")
+    observations = added.assign(href=added["product"].map(_image_hrefs(scenes)), train=added["split"] == "train")
     for leftover in paths.zarr.rglob("*.partial"):
         leftover.unlink()  # a write killed midway; the shard is rewritten below
     groups = dict(tuple(observations.groupby("shard")))

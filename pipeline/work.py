@@ -75,10 +75,9 @@ class WorkState:
         """Where the inspect task of ``product`` records its result."""
         return self.folder / "inspect" / f"{product}.json"
 
-    def inspection(self, product: str) -> InspectResult | None:
-        """The recorded inspection of ``product``, if it was inspected."""
-        path = self.inspection_file(product)
-        return load_inspection(path) if path.exists() else None
+    def inspection(self, product: str) -> InspectResult:
+        """The recorded inspection of ``product`` (FileNotFoundError if it was not inspected)."""
+        return load_inspection(self.inspection_file(product))
 
     def read_failures(self) -> ReadFailures:
         path = self.folder / "read_failures.json"

@@ -222,12 +222,12 @@ def check_format(document: dict[str, Any], source: str) -> None:
         )
 
 
-def read_document(files: CorpusFiles, key: str) -> dict[str, Any]:
-    """A JSON document of the corpus; FormatError naming the file when it is missing or not JSON."""
+def read_document(files: CorpusFiles, key: str, missing: str | None = None) -> dict[str, Any]:
+    """A JSON document of the corpus; FormatError when it is not JSON or missing (then ``missing`` says why)."""
     try:
         document: dict[str, Any] = json.loads(files.read(key))
-    except FileNotFoundError:
-        raise FormatError(f"{files.root}/{key} is missing") from None
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a root that is a file
+        raise FormatError(missing or f"{files.root}/{key} is missing") from None
     except json.JSONDecodeError as error:
         raise FormatError(f"{files.root}/{key} is not valid JSON: {error}") from None
     return document
@@ -235,23 +235,19 @@ def read_document(files: CorpusFiles, key: str) -> dict[str, Any]:
 
 def read_metadata(files: CorpusFiles) -> CorpusMetadata:
     """``corpus.json``; FormatError when the root is not a corpus this software reads."""
-    if not files.exists(METADATA):
-        raise FormatError(f"{files.root} is not a corpus: {METADATA} is missing")
-    return CorpusMetadata.from_json(read_document(files, METADATA), files.root)
+    document = read_document(files, METADATA, f"{files.root} is not a corpus: {METADATA} is missing")
+    return CorpusMetadata.from_json(document, files.root)
 
 
 def read_manifest(files: CorpusFiles, version: int) -> Manifest:
     """The manifest of a published version; FormatError when there is no such version."""
-    if not files.exists(manifest_key(version)):
-        raise FormatError(f"{files.root}: version {version} does not exist")
-    return Manifest.from_json(read_document(files, manifest_key(version)), f"{files.root} version {version}")
+    document = read_document(files, manifest_key(version), f"{files.root}: version {version} does not exist")
+    return Manifest.from_json(document, f"{files.root} version {version}")
 
 
 def current_version(files: CorpusFiles) -> int:
     """The published version number."""
-    if not files.exists(CURRENT):
-        raise FormatError(f"{files.root}: no published version (CURRENT is missing)")
-    return int(read_document(files, CURRENT)["version"])
+    return int(read_document(files, CURRENT, f"{files.root}: no published version (CURRENT is missing)")["version"])
 
 
 # --- tables ----------------------------------------------------------------------------------
