@@ -41,6 +41,7 @@ from spectral_corpus.corpus_format import (
     CorpusMetadata,
     Manifest,
 )
+from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.pipeline import tables
 from spectral_corpus.pipeline.errors import BuildError, NothingBuiltError
 from spectral_corpus.pipeline.lock import writer_lock
@@ -436,8 +437,9 @@ def _run(
 ) -> list[Any]:
     """Run tasks on the cluster, telling ``progress``; return results in task order, or raise the first error.
 
-    Task keys name what they do and end with a token of this call, so that runs sharing a scheduler never
-    take each other's results.
+    A task's SpectralCorpusError (a source refusing our credentials, say) is raised as it is; any other
+    error is wrapped in a BuildError naming the task. Task keys name what they do and end with a token
+    of this call, so that runs sharing a scheduler never take each other's results.
     """
     token = uuid.uuid4().hex[:8]
     futures = [client.submit(fn, *args, key=f"{key}-{token}", pure=False) for key, fn, args in tasks]
@@ -446,6 +448,8 @@ def _run(
     for done, future in enumerate(as_completed(futures), start=1):
         if future.status == "error":
             error = future.exception()
+            if isinstance(error, SpectralCorpusError):  # already says what went wrong, and where
+                raise error
             raise BuildError(f"task {future.key}: {type(error).__name__}: {error}") from error
         tell(stage, done, len(futures))
     return [future.result() for future in futures]
