@@ -47,11 +47,12 @@ from build_throughput import (
 from rasterio.windows import Window
 
 from spectral_corpus.catalog.bands import band_table, selected_bands
-from spectral_corpus.corpus_format import CorpusLayout
+from spectral_corpus.corpus_files import LocalFiles
+from spectral_corpus.corpus_format import shard_file_key
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.materialize import materialize_shard
-from spectral_corpus.stages.store import create_patch_array, sha256_file
+from spectral_corpus.stages.store import create_patch_array
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def fresh_array(root: Path, shard: Shard) -> zarr.Array:
     shutil.rmtree(root, ignore_errors=True)
     table = band_table().set_index("band").loc[shard.bands]
     return create_patch_array(
-        CorpusLayout(root).zarr, shard.n_obs, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(),
+        LocalFiles(root), shard.n_obs, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(),
         shard.bands, shard.shard_size,
     )  # fmt: skip
 
@@ -171,9 +172,8 @@ def step_by_step(shard: Shard, work: Path, repeats: int) -> list[Step]:
         array[first : first + len(patches)] = patches
 
     steps.append(timed("zarr write of the shard (encode + write)", raw_mb, zarr_write, repeats)[0])
-    shard_file = CorpusLayout(work / "corpus").shard_file(shard.index)
-    steps.append(timed("sha256 of the shard file", shard_file.stat().st_size / MB, lambda: sha256_file(shard_file),
-                       repeats)[0])  # fmt: skip
+    files, key = LocalFiles(work / "corpus"), shard_file_key(shard.index)
+    steps.append(timed("sha256 of the shard file", files.size(key) / MB, lambda: files.sha256(key), repeats)[0])
     return steps
 
 
@@ -183,7 +183,7 @@ def profile_task(shard: Shard, work: Path) -> tuple[Step, dict[str, float], str]
     fresh_array(root, shard)
     profiler = cProfile.Profile()
     wall, cpu = time.perf_counter(), time.process_time()
-    result = profiler.runcall(materialize_shard, root, shard.index, shard.rows, shard.bands)
+    result = profiler.runcall(materialize_shard, LocalFiles(root), shard.index, shard.rows, shard.bands)
     step = Step("materialize_shard (the real task)", time.perf_counter() - wall, time.process_time() - cpu,
                 result.raw_bytes / MB)  # fmt: skip
     text = io.StringIO()

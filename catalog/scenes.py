@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
@@ -19,8 +18,8 @@ from spectral_corpus.catalog.bands import N_BANDS, REFLECTANCE_SCALE
 from spectral_corpus.catalog.metadata import COVERS, ProductMetadata
 from spectral_corpus.catalog.product import ProductName
 from spectral_corpus.catalog.rejections import Rejection
-from spectral_corpus.corpus_files import LocalFiles
-from spectral_corpus.corpus_format import FORMAT_VERSION, SCHEMAS, read_table, to_arrow
+from spectral_corpus.corpus_files import CorpusFiles
+from spectral_corpus.corpus_format import FORMAT_VERSION, SCHEMAS, parquet_bytes, read_table, to_arrow
 
 OK = "ok"
 REJECTED = "rejected"
@@ -262,19 +261,17 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
     return records
 
 
-def write_scene_table(table: gpd.GeoDataFrame, path: Path) -> None:
-    """Write a scene table as GeoParquet (the corpus format's scene columns), atomically, with its query."""
+def scene_table_bytes(table: gpd.GeoDataFrame) -> bytes:
+    """A scene table as GeoParquet (the corpus format's scene columns), with its query."""
     schema = pa.schema([field for field in SCHEMAS["scenes"] if field.name in table.columns])
     query = json.dumps(table.attrs.get("query", {}), sort_keys=True, default=str).encode()
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(to_arrow(table, schema, {_QUERY_KEY: query}), tmp)
-    tmp.replace(path)
+    return parquet_bytes(to_arrow(table, schema, {_QUERY_KEY: query}))
 
 
-def read_scene_table(path: Path) -> gpd.GeoDataFrame:
-    """Read a scene table written by ``write_scene_table``."""
-    table: gpd.GeoDataFrame = read_table(LocalFiles(path.parent), path.name, "scenes", FORMAT_VERSION)
-    meta = pq.read_schema(path).metadata or {}
+def read_scene_table(files: CorpusFiles, key: str) -> gpd.GeoDataFrame:
+    """Read a scene table written as ``scene_table_bytes``."""
+    table: gpd.GeoDataFrame = read_table(files, key, "scenes", FORMAT_VERSION)
+    meta = pq.read_schema(pa.BufferReader(files.read(key))).metadata or {}
     table.attrs["query"] = json.loads(meta.get(_QUERY_KEY, b"{}"))
     return table
 

@@ -33,18 +33,20 @@ from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, records_from_table, scene_table
 from spectral_corpus.catalog.sources import read_source
+from spectral_corpus.corpus_files import CorpusFiles, LocalFiles, corpus_files
 from spectral_corpus.corpus_format import (
+    BUILD,
     FORMAT_NAME,
     FORMAT_VERSION,
+    ZARR,
     BandStatistics,
-    CorpusLayout,
     CorpusMetadata,
     Manifest,
 )
 from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.pipeline import tables
 from spectral_corpus.pipeline.errors import BuildError, NothingBuiltError
-from spectral_corpus.pipeline.lock import writer_lock
+from spectral_corpus.pipeline.lock import Lease, writer_lock
 from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unchanged
 from spectral_corpus.pipeline.progress import Progress, log
 from spectral_corpus.pipeline.reader import CorpusReader
@@ -52,7 +54,13 @@ from spectral_corpus.pipeline.work import ReadFailures, WorkState, save_inspecti
 from spectral_corpus.stages.commit import VersionTables, commit_version, read_current
 from spectral_corpus.stages.failpoints import failpoint
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
-from spectral_corpus.stages.materialize import SceneReadError, ShardResult, materialize_shard, shard_marker
+from spectral_corpus.stages.materialize import (
+    SHARD_MARKERS,
+    SceneReadError,
+    ShardResult,
+    materialize_shard,
+    shard_marker,
+)
 from spectral_corpus.stages.plan import Plan, plan_corpus
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import assign_splits
@@ -65,7 +73,8 @@ class BuildOptions:
     """Everything a build or an extension depends on."""
 
     source: str
-    out: Path
+    #: The corpus: a local folder or an object-store URL (``s3://bucket/prefix``).
+    out: str | Path
     query: SceneQuery
     rules: Rules
     workers: int = 2
@@ -76,12 +85,13 @@ class BuildOptions:
 
 def build_corpus(options: BuildOptions) -> Published:
     """Build a corpus from scratch (or finish an interrupted build)."""
-    with writer_lock(options.out):
-        published = read_current(CorpusLayout(options.out))
-        _drop_published_work(CorpusLayout(options.out), published)
+    with writer_lock(options.out) as lease:
+        files = corpus_files(options.out)
+        published = read_current(files)
+        _drop_published_work(files, published)
         if published is not None:
             raise BuildError(f"{options.out} already holds a corpus (version {published}); extend it instead")
-        result = _update(options, None, WorkState(CorpusLayout(options.out).build), dry_run=False)
+        result = _update(options, None, WorkState(files), lease)
         assert isinstance(result, Published)  # a first version is never unchanged
         return result
 
@@ -92,15 +102,15 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> RunResult:
     With ``dry_run`` nothing is written to the corpus: the result says what would be added.
     """
     CorpusReader(options.out)  # is it a corpus? (before the lock, which would create the directory)
-    with writer_lock(options.out):
+    with writer_lock(options.out) as lease:
         base = CorpusReader(options.out)
         _refuse_inverted_quality(base)
-        _drop_published_work(base.paths, base.version)
+        _drop_published_work(base.files, base.version)
         options = replace(options, rules=Rules.from_dict(base.rules))
         if not dry_run:
-            return _update(options, base, WorkState(base.paths.build), dry_run=False)
+            return _update(options, base, WorkState(base.files), lease)
         with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
-            return _update(options, base, WorkState(Path(work)), dry_run=True)
+            return _update(options, base, WorkState(LocalFiles(Path(work))), lease, dry_run=True)
 
 
 def _nothing_built(scenes: pd.DataFrame, candidates: pd.DataFrame | None) -> str:
@@ -131,14 +141,16 @@ def _refuse_inverted_quality(base: CorpusReader) -> None:
     old = base.metadata.query.get("min_quality")
     if old is not None:
         raise BuildError(
-            f"{base.paths.root} was built with --min-quality {old:g}, which kept scenes with enmap:overallQuality "
+            f"{base.files.root} was built with --min-quality {old:g}, which kept scenes with enmap:overallQuality "
             f">= {old:g}: the worse ones (0 is nominal, 1 reduced, 2 low). That option is now --max-quality; "
             "rebuild the corpus with --max-quality to select by quality the right way round"
         )
 
 
-def _update(options: BuildOptions, base: CorpusReader | None, work: WorkState, dry_run: bool) -> RunResult:
-    paths = CorpusLayout(options.out)
+def _update(
+    options: BuildOptions, base: CorpusReader | None, work: WorkState, lease: Lease, dry_run: bool = False
+) -> RunResult:
+    files = corpus_files(options.out)
     version = (base.version if base else 0) + 1
     scenes = _scenes(work, options, base, version)
     known = set(base.table("scenes")["product"]) if base else set()
@@ -164,8 +176,8 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: WorkState, d
                 work.remove()
                 log.info(f"unchanged   nothing new; version {base.version} stays current")
                 return Unchanged(base.version)
-            _prepare_array(paths, plan, base, options.rules)
-            shards, failures = _materialize(client, paths, scenes, added, options.rules, options.progress)
+            _prepare_array(files, plan, base, options.rules)
+            shards, failures = _materialize(client, files, scenes, added, options.rules, options.progress)
             if not failures:
                 break
             work.record_read_failures(_products_of(scenes, failures))
@@ -174,9 +186,10 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: WorkState, d
                 pd.concat([base.table("shards"), shards], ignore_index=True) if len(shards) else base.table("shards")
             )
         n_bands = len(selected_bands(options.rules.bands))
-        moments = _moments(client, paths.root, plan.observations, base, n_bands, options.progress)
+        moments = _moments(client, files, plan.observations, base, n_bands, options.progress)
     failpoint("before-commit")
-    manifest = _commit(paths, options, base, version, scenes, plan, shards, moments)
+    lease.confirm()
+    manifest = _commit(files, options, base, version, scenes, plan, shards, moments)
     failpoint("published")
     work.remove()
     log.info(f"commit      version {manifest.version} published")
@@ -185,7 +198,7 @@ def _update(options: BuildOptions, base: CorpusReader | None, work: WorkState, d
 
 def _scenes(work: WorkState, options: BuildOptions, base: CorpusReader | None, version: int) -> pd.DataFrame:
     """The next version's scene table; a source that fails or finds nothing leaves no work state."""
-    fresh = not work.started
+    fresh = work.identity() is None
     try:
         work.claim(_identity(options, version))
         found = _catalog(work, options)
@@ -198,13 +211,13 @@ def _scenes(work: WorkState, options: BuildOptions, base: CorpusReader | None, v
     return tables.merge_scenes(base.table("scenes") if base else None, found)
 
 
-def _prepare_array(paths: CorpusLayout, plan: Plan, base: CorpusReader | None, rules: Rules) -> None:
+def _prepare_array(files: CorpusFiles, plan: Plan, base: CorpusReader | None, rules: Rules) -> None:
     """Create the patch array, or grow it to hold the planned observations."""
     bands = selected_bands(rules.bands)
     table = band_table().set_index("band").loc[bands]
     n_rows = max(int(plan.observations["obs"].max()) + 1 if len(plan.observations) else 0, _rows(base))
     create_patch_array(
-        paths.zarr, n_rows, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(), bands, rules.shard_size
+        files, n_rows, table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy(), bands, rules.shard_size
     )
 
 
@@ -240,9 +253,9 @@ def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         yield client
 
 
-def _drop_published_work(paths: CorpusLayout, published: int | None) -> None:
+def _drop_published_work(files: CorpusFiles, published: int | None) -> None:
     """Remove the work state of a run that was killed after it published its version (nothing is left to do)."""
-    work = WorkState(paths.build)
+    work = WorkState(files)
     identity = work.identity()
     if published is not None and identity is not None and identity["version"] <= published:
         work.remove()
@@ -274,16 +287,17 @@ def _inspect(
     client: Client, work: WorkState, records: list[Any], progress: Progress | None
 ) -> list[InspectResult]:
     """Inspect each scene once; results are kept per scene so a re-run skips them."""
-    todo = [r for r in records if not work.inspection_file(r.product).exists()]
-    tasks = [(f"inspect-{r.product}", inspect_task, (r, work.inspection_file(r.product))) for r in todo]
+    done = work.inspected()
+    todo = [r for r in records if r.product not in done]
+    tasks = [(f"inspect-{r.product}", inspect_task, (r, work.files, work.inspection_key(r.product))) for r in todo]
     _run(client, tasks, "inspect", progress)
     return [work.inspection(r.product) for r in records]
 
 
-def inspect_task(record: Any, path: Path) -> str:
+def inspect_task(record: Any, files: CorpusFiles, key: str) -> str:
     """Dask task: inspect one scene and record the result beside the other scenes'."""
     result = inspect_scene(record)
-    save_inspection(result, path)
+    save_inspection(result, files, key)
     return result.status
 
 
@@ -337,7 +351,7 @@ def _preview(
 
 def _materialize(
     client: Client,
-    paths: CorpusLayout,
+    files: CorpusFiles,
     scenes: pd.DataFrame,
     added: pd.DataFrame,
     rules: Rules,
@@ -345,38 +359,41 @@ def _materialize(
 ) -> tuple[pd.DataFrame, dict[str, tuple[Rejection, str]]]:
     """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
     observations = added.assign(href=added["product"].map(_image_hrefs(scenes)), train=added["split"] == "train")
-    for leftover in paths.zarr.rglob("*.partial"):
-        leftover.unlink()  # a write killed midway; the shard is rewritten below
+    if isinstance(files, LocalFiles):
+        for leftover in (files.path / ZARR).rglob("*.partial"):
+            leftover.unlink()  # a write killed midway (zarr's temporary file); the shard is rewritten below
     groups = dict(tuple(observations.groupby("shard")))
     bands = selected_bands(rules.bands)
-    todo = [int(s) for s in groups if not shard_marker(paths, int(s)).exists()]
+    written = _written_shards(files)
+    todo = [int(s) for s in groups if int(s) not in written]
     tasks = [
-        (
-            f"materialize-{s}",
-            materialize_task,
-            (paths.root, s, groups[s][["obs", "href", "row", "col", "train"]], bands),
-        )
+        (f"materialize-{s}", materialize_task, (files, s, groups[s][["obs", "href", "row", "col", "train"]], bands))
         for s in todo
     ]
     done = _run(client, tasks, "materialize", progress)
     failures = {r["href"]: (Rejection(r["rejection"]), r["reason"]) for r in done if r is not None}
     if failures:
         return pd.DataFrame(), failures
-    results = [ShardResult(**_marker(paths, int(s))[0]) for s in sorted(groups)]
+    results = [ShardResult(**_marker(files, int(s))[0]) for s in sorted(groups)]
     return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__)), {}
 
 
-def _marker(paths: CorpusLayout, shard: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _written_shards(files: CorpusFiles) -> set[int]:
+    """The shards whose marker is in the work state (one listing)."""
+    return {int(key.rsplit("/", 1)[-1].removesuffix(".json")) for key in files.list(f"{BUILD}/{SHARD_MARKERS}")}
+
+
+def _marker(files: CorpusFiles, shard: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A written shard's marker: its ShardResult fields, and the band moments of its training patches."""
-    marker = json.loads(shard_marker(paths, shard).read_text())
+    marker = json.loads(files.read(shard_marker(shard)))
     moments = marker.pop("moments")
     return marker, moments
 
 
-def materialize_task(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> dict[str, str] | None:
+def materialize_task(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> dict[str, str] | None:
     """Dask task: write one shard; an unreadable image is reported (href, reason), not raised."""
     try:
-        materialize_shard(corpus, shard, rows, bands)
+        materialize_shard(files, shard, rows, bands)
     except SceneReadError as error:
         return {"href": error.href, "rejection": str(error.code), "reason": str(error)}
     return None
@@ -384,7 +401,7 @@ def materialize_task(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nda
 
 def _moments(
     client: Client,
-    corpus: Path,
+    files: CorpusFiles,
     observations: pd.DataFrame,
     base: CorpusReader | None,
     n_bands: int,
@@ -396,12 +413,13 @@ def _moments(
     groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
     keys = {s: moments_key(obs) for s, obs in groups.items()}
     known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
-    written = [_marker(CorpusLayout(corpus), s)[1] for s in groups if shard_marker(CorpusLayout(corpus), s).exists()]
+    markers = _written_shards(files)
+    written = [_marker(files, s)[1] for s in groups if s in markers]
     if written:  # computed from the patches while they were written: no second read
         fresh_rows = pd.DataFrame(written).set_index("key")
         known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])
     todo = [s for s in groups if keys[s] not in known.index]
-    done = _run(client, [(f"stats-{s}", shard_moments, (corpus, groups[s], n_bands)) for s in todo], "stats", progress)
+    done = _run(client, [(f"stats-{s}", shard_moments, (files, groups[s], n_bands)) for s in todo], "stats", progress)
     fresh = dict(zip(todo, done, strict=True))
     rows = []
     for shard, key in keys.items():
@@ -456,7 +474,7 @@ def _run(
 
 
 def _commit(
-    paths: CorpusLayout,
+    files: CorpusFiles,
     options: BuildOptions,
     base: CorpusReader | None,
     version: int,
@@ -468,7 +486,7 @@ def _commit(
     """Assemble the version's tables, write the observation coordinates and publish."""
     scenes = tables.count_per_scene(scenes, plan)
     observations = tables.observation_table(plan.observations, scenes)
-    _write_coordinates(paths, observations)
+    _write_coordinates(files, observations)
     base_retired = base.table("retired") if base else None
     retired = tables.retired_table(base.table("observations") if base else None, plan, scenes, version, base_retired)
     version_tables = VersionTables(
@@ -483,12 +501,12 @@ def _commit(
     metadata = base.metadata if base else _corpus_metadata(options)
     run = {"source": options.source, "query": options.query.as_dict(), "software_version": _software_version()}
     stats = band_statistics(moments, len(selected_bands(options.rules.bands)))
-    return commit_version(paths, version, version_tables, metadata, stats, json.loads(json.dumps(run, default=str)))
+    return commit_version(files, version, version_tables, metadata, stats, json.loads(json.dumps(run, default=str)))
 
 
-def _write_coordinates(paths: CorpusLayout, observations: pd.DataFrame) -> None:
+def _write_coordinates(files: CorpusFiles, observations: pd.DataFrame) -> None:
     write_obs_coordinates(
-        paths.zarr,
+        files,
         observations["obs"].to_numpy(),
         {
             "time": observations["acquired"].astype("datetime64[s, UTC]").astype("int64").to_numpy(),
@@ -531,7 +549,7 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> Published | Unchanged
     new settings become the corpus's rules. Shards and observations stay as they are.
     """
     CorpusReader(options.out)
-    with writer_lock(options.out):
+    with writer_lock(options.out) as lease:
         base = CorpusReader(options.out)
         rules = replace(Rules.from_dict(base.rules), **split)
         if rules == Rules.from_dict(base.rules):  # splits are a pure function of the rules
@@ -544,7 +562,7 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> Published | Unchanged
         observations["split"] = observations["location_id"].map(locations.set_index("location_id")["split"])
         with dask_client(options.workers, options.scheduler) as client:
             moments = _moments(
-                client, base.paths.root, observations, base, len(selected_bands(rules.bands)), options.progress
+                client, base.files, observations, base, len(selected_bands(rules.bands)), options.progress
             )
         version_tables = VersionTables(
             scenes=base.table("scenes"),
@@ -558,4 +576,5 @@ def resplit_corpus(options: BuildOptions, **split: Any) -> Published | Unchanged
         metadata = replace(base.metadata, rules=rules.as_dict())
         stats = band_statistics(moments, len(selected_bands(rules.bands)))
         run: dict[str, object] = {"command": "resplit", "split": split, "software_version": _software_version()}
-        return Published(commit_version(base.paths, base.version + 1, version_tables, metadata, stats, run))
+        lease.confirm()
+        return Published(commit_version(base.files, base.version + 1, version_tables, metadata, stats, run))

@@ -75,16 +75,6 @@ def corpus_root(text: str) -> str | Path:
     return text if is_object_store(text) else Path(text)
 
 
-def _writable(root: str | Path) -> Path:
-    """The local corpus a command writes; an object-store URL is refused (for now) with what to do."""
-    if isinstance(root, str):
-        raise UsageError(
-            f"{root}: writing a corpus into an object store is not supported yet; build or extend it on local "
-            "disk and copy it to the bucket: info, verify, versions, export-spectralearth and the loader read it there"
-        )
-    return root
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectral-corpus", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,7 +237,7 @@ def _source_options(args: argparse.Namespace, out: str | Path, rules: Rules) -> 
 
     return BuildOptions(
         source=args.source,
-        out=_writable(out),
+        out=out,
         query=_query(args),
         rules=rules,
         workers=args.workers,
@@ -256,7 +246,7 @@ def _source_options(args: argparse.Namespace, out: str | Path, rules: Rules) -> 
     )
 
 
-def _published(corpus: Path, manifest: Manifest) -> str:
+def _published(corpus: str | Path, manifest: Manifest) -> str:
     """One line on a newly published version."""
     return (
         f"published {corpus} version {manifest.version}: {manifest.n_obs} observations at "
@@ -290,7 +280,7 @@ def _resplit(args: argparse.Namespace) -> int:
 
     options = BuildOptions(
         source="",
-        out=_writable(args.corpus),
+        out=args.corpus,
         query=SceneQuery(),
         rules=Rules(),
         workers=args.workers,

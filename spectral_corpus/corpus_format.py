@@ -6,15 +6,17 @@ CORPUS/
                          chunk per patch; band coordinates wavelength, fwhm, band; obs coordinates
   versions/vNNNN/        immutable tables of version N (Parquet; scenes and locations GeoParquet 1.0)
                          and manifest.json
-  CURRENT                {"version": N}: the published version (replaced atomically)
+  CURRENT                {"version": N}: the published version (replaced atomically; in a bucket by a
+                         conditional PUT, so that of two writers only one publishes)
   corpus.json            format, rules, bands and first source of the corpus
   _build/                work state of a running build (resumable); removed on commit
+  .writer.lock           who writes the corpus now (``pipeline.lock``)
 ```
 
 The writers (``stages.store``, ``stages.commit``) and every reader (``pipeline.reader``,
-``training.dataset``, ``training.shards``) take paths, documents and schemas from here. Paths are
-built from keys relative to the corpus root, so a root may later be a bucket. The module needs
-neither torch nor dask.
+``training.dataset``, ``training.shards``) take keys, documents and schemas from here. Keys are
+relative to the corpus root, which is a local folder or an object-store prefix (``corpus_files``).
+The module needs neither torch nor dask.
 
 Format history: 1 stored a scene's assets as JSON text and its rejection as free text only; 2 stores
 assets as a map column, adds the scenes' ``rejection`` code and declares every table's column types.
@@ -54,6 +56,8 @@ CURRENT = "CURRENT"
 METADATA = "corpus.json"
 BUILD = "_build"
 MANIFEST = "manifest.json"
+#: The writer lock (``pipeline.lock``): a locked file on disk, a lease object in a bucket.
+WRITER_LOCK = ".writer.lock"
 
 
 class FormatError(SpectralCorpusError, ValueError):
@@ -393,9 +397,20 @@ def _geo_metadata(geometries: Any) -> dict[str, Any]:
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
 
 
-def write_table(frame: Any, path: Path, name: str) -> None:
-    """Write table ``name`` of a version with its declared schema."""
-    pq.write_table(to_arrow(frame, SCHEMAS[name]), path)
+def table_bytes(frame: Any, name: str) -> bytes:
+    """Table ``name`` of a version as a Parquet file with its declared schema."""
+    return parquet_bytes(to_arrow(frame, SCHEMAS[name]))
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue())
+
+
+def json_bytes(document: object) -> bytes:
+    """A JSON document of the corpus as it is written (sorted keys: the same document, the same bytes)."""
+    return json.dumps(document, indent=2, sort_keys=True, default=str).encode()
 
 
 def read_table(files: CorpusFiles, key: str, name: str, format_version: int, columns: list[str] | None = None) -> Any:

@@ -6,10 +6,10 @@ One task per shard, and no two tasks write the same shard. Memory is bounded by 
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,11 +20,11 @@ from rasterio.windows import Window
 from spectral_corpus.catalog.bands import NODATA
 from spectral_corpus.catalog.hrefs import open_raster
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
-from spectral_corpus.corpus_format import PATCHES, CorpusLayout
+from spectral_corpus.corpus_files import CorpusFiles
+from spectral_corpus.corpus_format import BUILD, PATCH_ARRAY, shard_file_key
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.inspect import gdal_reasons
 from spectral_corpus.stages.stats import moments_key, moments_of
-from spectral_corpus.stages.store import sha256_file, write_json_atomic
 
 
 class SceneReadError(RejectedError):
@@ -50,7 +50,7 @@ class ShardResult:
     peak_rss_mb: float
 
 
-def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> ShardResult:
+def materialize_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands: np.ndarray) -> ShardResult:
     """Cut the patches of one shard from their scenes and write the shard file, then its marker.
 
     ``rows`` holds the shard's observations with ``obs``, ``href`` (spectral image), ``row`` and
@@ -58,7 +58,6 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     band moments are computed from the patches in memory and kept in the marker). ``bands`` are
     1-based band numbers.
     """
-    paths = CorpusLayout(corpus)
     rows = rows.sort_values("obs")
     first = int(rows["obs"].iloc[0])
     if not np.array_equal(rows["obs"].to_numpy(), np.arange(first, first + len(rows))):
@@ -70,16 +69,16 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
     for href, group in rows.groupby("href", sort=True):
         _cut_patches(str(href), group, bands, patches, first)
     read_seconds = time.perf_counter() - started
-    array = zarr.open_array(paths.zarr, path=PATCHES, mode="r+")
+    array = zarr.open_array(files.zarr_store(writable=True), path=PATCH_ARRAY, mode="r+")
     array[first : first + len(rows)] = patches
     write_seconds = time.perf_counter() - started - read_seconds
     result = ShardResult(
         shard=shard,
         first_obs=first,
         n_obs=len(rows),
-        nbytes=paths.shard_file(shard).stat().st_size,
+        nbytes=files.size(shard_file_key(shard)),
         raw_bytes=patches.nbytes,
-        sha256=sha256_file(paths.shard_file(shard)),
+        sha256=files.sha256(shard_file_key(shard)),
         read_seconds=read_seconds,
         write_seconds=write_seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -90,7 +89,7 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
         "key": moments_key(rows.loc[train, "obs"].tolist()),
         **{k: v.tolist() for k, v in asdict(moments).items()},
     }
-    write_json_atomic(shard_marker(paths, shard), {**asdict(result), "moments": summary})
+    files.write(shard_marker(shard), json.dumps({**asdict(result), "moments": summary}).encode())
     return result
 
 
@@ -98,9 +97,9 @@ def materialize_shard(corpus: Path, shard: int, rows: pd.DataFrame, bands: np.nd
 SHARD_MARKERS = "shards"
 
 
-def shard_marker(paths: CorpusLayout, shard: int) -> Path:
-    """The marker a finished shard leaves in the build state."""
-    return paths.build / SHARD_MARKERS / f"{shard:06d}.json"
+def shard_marker(shard: int) -> str:
+    """The key of the marker a finished shard leaves in the build state."""
+    return f"{BUILD}/{SHARD_MARKERS}/{shard:06d}.json"
 
 
 def _cut_patches(href: str, group: pd.DataFrame, bands: np.ndarray, out: np.ndarray, first: int) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import zarr
 
 from spectral_corpus.catalog.bands import NODATA
-from spectral_corpus.corpus_format import PATCHES, CorpusLayout
+from spectral_corpus.corpus_files import CorpusFiles
+from spectral_corpus.corpus_format import PATCH_ARRAY
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ def moments_of(patches: np.ndarray, n_bands: int) -> Moments:
     return total
 
 
-def shard_moments(corpus: Path, observations: list[int], n_bands: int) -> Moments:
+def shard_moments(files: CorpusFiles, observations: list[int], n_bands: int) -> Moments:
     """Dask task: the moments of some observations (one shard's), reading one patch at a time."""
-    array = zarr.open_array(CorpusLayout(corpus).zarr, path=PATCHES, mode="r")
+    array = zarr.open_array(files.zarr_store(), path=PATCH_ARRAY, mode="r")
     return merge_all([moments_of(np.asarray(array[obs : obs + 1]), n_bands) for obs in observations], n_bands)
 
 

@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
 
-from spectral_corpus.corpus_format import PATCH_PX, PATCHES, FormatError
+from spectral_corpus.corpus_files import CorpusFiles
+from spectral_corpus.corpus_format import PATCH_PX, PATCHES, ZARR, FormatError
 
 #: Inner-chunk compression: blosc zstd with byte shuffle (lossless; any Zarr v3 reader decodes it).
 PATCH_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle, typesize=2)
 
 
 def create_patch_array(
-    path: Path, n_obs: int, wavelengths: np.ndarray, fwhm: np.ndarray, bands: np.ndarray, shard_size: int
+    files: CorpusFiles, n_obs: int, wavelengths: np.ndarray, fwhm: np.ndarray, bands: np.ndarray, shard_size: int
 ) -> zarr.Array:
     """Create the patch array and its band coordinates, or grow an existing one to ``n_obs`` rows.
 
     Growing rewrites only the array's metadata document (atomically): existing shards stay as they are.
     """
-    root = zarr.open_group(path, mode="a", zarr_format=3, use_consolidated=False)
+    root = _open_group(files)
     if PATCHES in root:
         array = root[PATCHES]
         assert isinstance(array, zarr.Array)
         if array.shape[1:] != (len(bands), PATCH_PX, PATCH_PX) or (array.shards or (0,))[0] != shard_size:
-            raise FormatError(f"{path}: existing patch array {array.shape} has another layout")
+            raise FormatError(f"{files.root}/{ZARR}: existing patch array {array.shape} has another layout")
         if array.shape[0] < n_obs:
             array.resize((n_obs, *array.shape[1:]))
         _band_coordinates(root, wavelengths, fwhm, bands)  # a creation killed midway may have missed them
@@ -70,15 +67,20 @@ def _band_coordinate(root: zarr.Group, name: str, values: np.ndarray, attributes
     array[:] = values
 
 
+def _open_group(files: CorpusFiles) -> zarr.Group:
+    """The corpus's zarr group, opened in a store of its own: nothing is written above it."""
+    return zarr.open_group(files.zarr_store(writable=True, under=ZARR), mode="a", zarr_format=3, use_consolidated=False)
+
+
 def write_obs_coordinates(
-    path: Path, obs: np.ndarray, columns: dict[str, np.ndarray], attributes: dict[str, dict[str, Any]]
+    files: CorpusFiles, obs: np.ndarray, columns: dict[str, np.ndarray], attributes: dict[str, dict[str, Any]]
 ) -> None:
     """Write per-observation coordinates (one value per row of the patch array; -1 where no row is listed).
 
     Arrays are grown in place and their chunks replaced file by file (atomically), never deleted, so a
     reader opening the store meanwhile always finds them.
     """
-    root = zarr.open_group(path, mode="a", zarr_format=3, use_consolidated=False)
+    root = _open_group(files)
     patches = root[PATCHES]
     assert isinstance(patches, zarr.Array)
     n_rows = patches.shape[0]
@@ -103,24 +105,4 @@ def write_obs_coordinates(
     patches.attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(path)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 23):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+        zarr.consolidate_metadata(files.zarr_store(writable=True, under=ZARR))

@@ -20,16 +20,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from spectral_corpus.catalog.product import is_product_name
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import Example, write_example
+from spectral_corpus.corpus_files import LocalFiles
 from spectral_corpus.corpus_format import CorpusLayout
 from spectral_corpus.pipeline.build import BuildOptions, build_corpus
+from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.rules import Rules
-from spectral_corpus.stages.store import sha256_file
 from stac_server import StacServer, stac_server
 
 #: Small shards so the example corpus spans several of them.
@@ -135,10 +138,42 @@ def build(
     return out
 
 
+#: Left out of the first build: the reprocessed D and the zone-33 scene E.
+LATER = ("_V010500_", "-DT0000001004_")
+
+
+def copy_archive(example: Example, dest: Path, keep: bool, later: tuple[str, ...] = LATER) -> Path:
+    """Hard-linked copy of the example archive with (keep=True) or without the ``later`` products.
+
+    Products are folders or ZIPs at any depth (ZIPs lie in an order folder, each in an item folder).
+    """
+    shutil.copytree(example.archive, dest, copy_function=os.link)
+    products = [p for p in dest.rglob("*") if is_product_name(p.stem if p.suffix == ".ZIP" else p.name)]
+    for entry in sorted(products):
+        if entry.exists() and any(t in entry.name for t in later) != keep:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return dest
+
+
+def patch_content(path: str | Path, version: int | None = None) -> dict[tuple, np.ndarray]:
+    """Observation key (product, epsg, ix, iy) -> pixels, for a version."""
+    reader = CorpusReader(path, version)
+    observations = reader.table("observations")
+    return {
+        (row.product, row.epsg, row.ix, row.iy): reader.read_patch(row.obs)
+        for row in observations.itertuples(index=False)
+    }
+
+
 def copy_corpus(corpus: Path, dest: Path) -> Path:
     """A private copy of ``corpus`` (real copies, no hard links: the copy may be changed in place)."""
     shutil.copytree(corpus, dest)
     return dest
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a local file."""
+    return LocalFiles(path.parent).sha256(path.name)
 
 
 def as_format_1(corpus: Path) -> Path:

@@ -75,3 +75,17 @@ def upload(folder: Path, url: str) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         obstore.put(store, path.relative_to(folder).as_posix(), path.read_bytes())
     return url
+
+
+def copy_prefix(source: str, dest: str) -> str:
+    """Copy every object under the prefix ``source`` to the same key under ``dest`` (same bucket)."""
+    import obstore
+    from obstore.store import from_url
+
+    bucket = source.split("/")[2]
+    store = from_url(f"s3://{bucket}")
+    src, dst = source.split("/", 3)[3], dest.split("/", 3)[3]
+    for batch in obstore.list(store, prefix=f"{src}/"):
+        for meta in batch:
+            obstore.copy(store, meta["path"], f"{dst}/{meta['path'][len(src) + 1 :]}")
+    return dest

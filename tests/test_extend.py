@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TEST_RULES, as_format_1, build, copy_corpus, dask_scheduler, kill_after_first_shard
-from spectral_corpus.catalog.product import is_product_name
+from conftest import (
+    TEST_RULES,
+    as_format_1,
+    build,
+    copy_archive,
+    copy_corpus,
+    dask_scheduler,
+    kill_after_first_shard,
+    patch_content,
+    sha256_file,
+)
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.synth import Example
 from spectral_corpus.corpus_format import FORMAT_VERSION
@@ -27,28 +35,11 @@ from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unch
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.stages.failpoints import ENV
-from spectral_corpus.stages.store import sha256_file
-
-#: Left out of the first build: the reprocessed D and the zone-33 scene E.
-LATER = ("_V010500_", "-DT0000001004_")
-
-
-def _copy_archive(example: Example, dest: Path, keep: bool, later: tuple[str, ...] = LATER) -> Path:
-    """Hard-linked copy of the example archive with (keep=True) or without the ``later`` products.
-
-    Products are folders or ZIPs at any depth (ZIPs lie in an order folder, each in an item folder).
-    """
-    shutil.copytree(example.archive, dest, copy_function=os.link)
-    products = [p for p in dest.rglob("*") if is_product_name(p.stem if p.suffix == ".ZIP" else p.name)]
-    for entry in sorted(products):
-        if entry.exists() and any(t in entry.name for t in later) != keep:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    return dest
 
 
 @pytest.fixture(scope="module")
 def first_archive(example: Example, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _copy_archive(example, tmp_path_factory.mktemp("first") / "archive", keep=False)
+    return copy_archive(example, tmp_path_factory.mktemp("first") / "archive", keep=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +80,6 @@ def _fresh_copy(first_corpus: Path, tmp_path: Path) -> Path:
     return copy_corpus(first_corpus, tmp_path / "corpus")
 
 
-def _content(path: Path, version: int | None = None) -> dict[tuple, np.ndarray]:
-    """Observation key (product, epsg, ix, iy) -> pixels, for a version."""
-    reader = CorpusReader(path, version)
-    observations = reader.table("observations")
-    return {
-        (row.product, row.epsg, row.ix, row.iy): reader.read_patch(row.obs)
-        for row in observations.itertuples(index=False)
-    }
-
-
 @pytest.fixture(scope="module")
 def extended(first_corpus: Path, example: Example, tmp_path_factory: pytest.TempPathFactory) -> dict:
     corpus = copy_corpus(first_corpus, tmp_path_factory.mktemp("extended") / "corpus")
@@ -106,7 +87,7 @@ def extended(first_corpus: Path, example: Example, tmp_path_factory: pytest.Temp
     before = {
         "shards": {int(s): sha256_file(v1.paths.shard_file(int(s))) for s in v1.table("shards")["shard"]},
         "locations": v1.table("locations")[["location_id", "epsg", "ix", "iy", "split"]],
-        "content": _content(corpus),
+        "content": patch_content(corpus),
         "mtimes": {s: v1.paths.shard_file(s).stat().st_mtime_ns for s in v1.table("shards")["shard"]},
     }
     manifest = _extend(corpus, example.archive)
@@ -114,7 +95,7 @@ def extended(first_corpus: Path, example: Example, tmp_path_factory: pytest.Temp
 
 
 def test_extension_equals_a_fresh_build_over_all_scenes(extended: dict, corpus: Path) -> None:
-    got, want = _content(extended["corpus"]), _content(corpus)
+    got, want = patch_content(extended["corpus"]), patch_content(corpus)
     assert sorted(got) == sorted(want)
     for key, pixels in want.items():
         np.testing.assert_array_equal(got[key], pixels, err_msg=str(key))
@@ -143,18 +124,18 @@ def test_a_new_scene_nearer_its_zone_meridian_retires_existing_cells(
     example: Example, corpus: Path, tmp_path: Path
 ) -> None:
     zone_32 = ("-DT0000001001_", "-DT0000001002_", "-DT0000001003_")  # every scene that covers A's eastern column
-    first = build(_copy_archive(example, tmp_path / "archive", keep=False, later=zone_32), tmp_path / "corpus")
+    first = build(copy_archive(example, tmp_path / "archive", keep=False, later=zone_32), tmp_path / "corpus")
     before = CorpusReader(first)
     losing = before.table("observations").query("epsg == 32633")
     manifest = _extend(first, example.archive)
     reader = CorpusReader(first)
     retired = reader.table("retired")
-    expected = {(row.product, row.epsg, row.ix, row.iy) for row in losing.itertuples()} - _content(corpus).keys()
+    expected = {(row.product, row.epsg, row.ix, row.iy) for row in losing.itertuples()} - patch_content(corpus).keys()
     assert len(losing) == 4 and len(expected) == 2  # alone, E keeps all 4 cells; the scenario drops 2 of them
     assert {(row.product, row.epsg, row.ix, row.iy) for row in retired.itertuples()} == expected
     assert retired["reason"].str.startswith("zone_overlap: a new cell of another UTM zone").all()
     assert isinstance(manifest, Published) and manifest.manifest.n_retired == 2
-    assert _content(first).keys() == _content(corpus).keys()
+    assert patch_content(first).keys() == patch_content(corpus).keys()
     locations = reader.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
     old_ids = before.table("locations").merge(retired[["epsg", "ix", "iy"]], on=["epsg", "ix", "iy"])
     assert sorted(locations["location_id"]) == sorted(old_ids["location_id"]) and (locations["n_obs"] == 0).all()
@@ -187,7 +168,7 @@ def test_the_reprocessed_scene_retires_its_old_observations(extended: dict) -> N
     assert retired["reason"].str.startswith("superseded by newer processor version").all()
     assert extended["manifest"].manifest.n_retired == 3
     # version 1 is still readable, unchanged
-    assert _content(extended["corpus"], 1).keys() == extended["before"]["content"].keys()
+    assert patch_content(extended["corpus"], 1).keys() == extended["before"]["content"].keys()
 
 
 def test_both_versions_verify_and_are_listed(extended: dict, capsys: pytest.CaptureFixture[str]) -> None:
@@ -263,7 +244,7 @@ def test_killed_extension_resumes_to_the_same_corpus(
     assert subprocess.run(command, capture_output=True, check=False).returncode == 0
     assert CorpusReader(corpus).version == 2
     assert verify_corpus(CorpusReader(corpus)) == []
-    got, want = _content(corpus), _content(extended["corpus"])
+    got, want = patch_content(corpus), patch_content(extended["corpus"])
     assert got.keys() == want.keys()
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
@@ -284,7 +265,7 @@ def test_extension_killed_while_writing_shards_resumes(
         f"published {corpus} version 2: {m.n_obs} observations at {m.n_locations} locations in "
         f"{m.n_shards} shards ({m.n_retired} retired)"
     )
-    got, want = _content(corpus), _content(extended["corpus"])
+    got, want = patch_content(corpus), patch_content(extended["corpus"])
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
 
 

@@ -27,6 +27,7 @@ from spectral_corpus.catalog.product import ProductName
 from spectral_corpus.catalog.rasters import encode_raster
 from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, REJECTED, SceneRecord, scene_table
+from spectral_corpus.corpus_files import LocalFiles
 from spectral_corpus.corpus_format import (
     FLAGS,
     FORMAT_NAME,
@@ -231,7 +232,7 @@ def _corpus(root: Path, bands: np.ndarray, n_obs: int) -> Path:
     """A corpus folder with an empty patch array of ``n_obs`` rows, as a build prepares it."""
     table = band_table().set_index("band").loc[bands]
     wavelengths, fwhm = table["center_nm"].to_numpy(), table["fwhm_nm"].to_numpy()
-    create_patch_array(CorpusLayout(root).zarr, n_obs, wavelengths, fwhm, bands, SHARD_SIZE)
+    create_patch_array(LocalFiles(root), n_obs, wavelengths, fwhm, bands, SHARD_SIZE)
     return root
 
 
@@ -271,7 +272,7 @@ def test_materialize_cuts_every_patch_from_its_window(
     for shard in (1, 0):
         obs = [o for o in windows if o // SHARD_SIZE == shard][::-1]  # rows come in any order
         rows = _shard_rows(obs, [windows[o][1:4] for o in obs], [windows[o][4] for o in obs])
-        results.append(materialize_shard(corpus, shard, rows, bands))
+        results.append(materialize_shard(LocalFiles(corpus), shard, rows, bands))
 
     patches = np.asarray(zarr.open_array(layout.zarr, path=PATCHES, mode="r")[:])
     assert patches.shape == (12, 202, PATCH_PX, PATCH_PX)
@@ -286,7 +287,7 @@ def test_materialize_cuts_every_patch_from_its_window(
         assert (result.first_obs, result.n_obs, result.nbytes) == (SHARD_SIZE * shard, 4, len(data))
         assert result.raw_bytes == 4 * 202 * PATCH_PX * PATCH_PX * 2
         assert result.sha256 == hashlib.sha256(data).hexdigest()
-        marker = json.loads(shard_marker(layout, shard).read_text())
+        marker = json.loads((corpus / shard_marker(shard)).read_text())
         assert {k: marker[k] for k in ("shard", "first_obs", "n_obs", "nbytes", "raw_bytes", "sha256")} == {
             "shard": shard, "first_obs": result.first_obs, "n_obs": 4, "nbytes": len(data),
             "raw_bytes": result.raw_bytes, "sha256": result.sha256,
@@ -312,14 +313,14 @@ def test_materialize_writes_the_bands_asked_for_in_their_order(
     bands = np.array([224, 2, 1, 130])  # any order, gap bands included
     corpus = _corpus(tmp_path / "corpus", bands, SHARD_SIZE)
     rows = _shard_rows([0, 1], [(record, 9, 5), (record, 137, 261)], [False, False])
-    result = materialize_shard(corpus, 0, rows, bands)
+    result = materialize_shard(LocalFiles(corpus), 0, rows, bands)
     patches = np.asarray(zarr.open_array(CorpusLayout(corpus).zarr, path=PATCHES, mode="r")[:])
     np.testing.assert_array_equal(patches[0], scene.values(bands, 9, 5, PATCH_PX))
     np.testing.assert_array_equal(patches[1], scene.values(bands, 137, 261, PATCH_PX))
     assert patches[0, 2, 0, 0] == NODATA and patches[0, 0, 0, 0] != NODATA  # band 1 is third here
     assert (patches[2:] == NODATA).all()  # the shard's unused slots keep the fill value
     assert result.n_obs == 2
-    assert json.loads(shard_marker(CorpusLayout(corpus), 0).read_text())["moments"]["count"] == [0, 0, 0, 0]
+    assert json.loads((corpus / shard_marker(0)).read_text())["moments"]["count"] == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
@@ -337,10 +338,10 @@ def test_materialize_names_an_unreadable_image(
     rows = _shard_rows([0, 1], [(record, 9, 5), (record, 137, 261)], [True, True])
     rows.loc[1, "href"] = str(bad)
     with pytest.raises(SceneReadError, match=f"^{re.escape(str(bad))}: ") as error:
-        materialize_shard(corpus, 0, rows, bands)
+        materialize_shard(LocalFiles(corpus), 0, rows, bands)
     assert error.value.href == str(bad)
     layout = CorpusLayout(corpus)
-    assert not layout.shard_file(0).exists() and not shard_marker(layout, 0).exists()
+    assert not layout.shard_file(0).exists() and not (corpus / shard_marker(0)).exists()
 
 
 def test_materialize_refuses_rows_it_cannot_place(tmp_path: Path, scene_s: tuple[CodedScene, SceneRecord]) -> None:
@@ -349,11 +350,11 @@ def test_materialize_refuses_rows_it_cannot_place(tmp_path: Path, scene_s: tuple
     corpus = _corpus(tmp_path / "corpus", bands, 2 * SHARD_SIZE)
     gap = _shard_rows([4, 6], [(record, 9, 5), (record, 9, 133)], [True, True])
     with pytest.raises(ValueError, match=r"^shard 1: observations are not contiguous$"):
-        materialize_shard(corpus, 1, gap, bands)
+        materialize_shard(LocalFiles(corpus), 1, gap, bands)
     lost = _shard_rows([4, 5], [(record, 9, 5), (record, 9, 133)], [True, True])
     lost.loc[1, "href"] = None
     with pytest.raises(ValueError, match=r"^shard 1: observations \[5\] have no image$"):
-        materialize_shard(corpus, 1, lost, bands)
+        materialize_shard(LocalFiles(corpus), 1, lost, bands)
     assert not CorpusLayout(corpus).shard_file(1).exists()
 
 
@@ -432,9 +433,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_commit_publishes_a_version_and_leaves_the_previous_one_intact(tmp_path: Path) -> None:
     layout = CorpusLayout(tmp_path / "corpus")
-    assert read_current(layout) is None
+    assert read_current(LocalFiles(layout.root)) is None
     before = datetime.now(UTC).replace(microsecond=0)
-    first = commit_version(layout, 1, _version_tables([]), _metadata(4), STATS, {"source": "/archive"})
+    first = commit_version(LocalFiles(layout.root), 1, _version_tables([]), _metadata(4), STATS, {"source": "/archive"})
 
     assert (first.format, first.format_version, first.version, first.parent) == (FORMAT_NAME, FORMAT_VERSION, 1, None)
     assert (first.n_obs, first.n_locations, first.n_retired, first.n_shards) == (3, 2, 0, 1)
@@ -446,7 +447,7 @@ def test_commit_publishes_a_version_and_leaves_the_previous_one_intact(tmp_path:
         data = layout.table(1, name).read_bytes()
         assert first.tables[name] == hashlib.sha256(data).hexdigest(), name
     assert pd.read_parquet(layout.table(1, "observations"))["obs"].tolist() == [0, 1, 2]
-    assert json.loads(layout.current.read_text()) == {"version": 1} and read_current(layout) == 1
+    assert json.loads(layout.current.read_text()) == {"version": 1} and read_current(LocalFiles(layout.root)) == 1
     corpus_json = json.loads(layout.metadata.read_text())
     assert corpus_json == {**asdict(_metadata(4)), "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     assert sorted(p.name for p in layout.versions.iterdir()) == ["v0001"]
@@ -456,7 +457,8 @@ def test_commit_publishes_a_version_and_leaves_the_previous_one_intact(tmp_path:
     for leftover in (layout.version_dir(2), layout.versions / "v0002.staging"):
         leftover.mkdir()
         (leftover / "observations.parquet").write_bytes(b"half written")
-    second = commit_version(layout, 2, _version_tables([(7, 1), (3, 2)]), _metadata(8), STATS, {"source": "/new"})
+    tables = _version_tables([(7, 1), (3, 2)])
+    second = commit_version(LocalFiles(layout.root), 2, tables, _metadata(8), STATS, {"source": "/new"})
 
     assert (second.version, second.parent, second.n_retired, second.rules["shard_size"]) == (2, 1, 1, 8)
     assert _files(layout.version_dir(1)) == v1  # byte for byte
@@ -465,7 +467,7 @@ def test_commit_publishes_a_version_and_leaves_the_previous_one_intact(tmp_path:
     for name in TABLES:
         assert second.tables[name] == hashlib.sha256(layout.table(2, name).read_bytes()).hexdigest(), name
     assert pd.read_parquet(layout.table(2, "retired"))[["obs", "retired_in"]].values.tolist() == [[7, 1], [3, 2]]
-    assert read_current(layout) == 2
+    assert read_current(LocalFiles(layout.root)) == 2
     assert json.loads(layout.metadata.read_text())["rules"]["shard_size"] == 8  # corpus.json: the current rules
 
 

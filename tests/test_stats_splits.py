@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import dask_scheduler
+from conftest import dask_scheduler, sha256_file
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.splits import assign_splits
 from spectral_corpus.stages.stats import Moments, merge_all, patch_moments
@@ -79,7 +79,6 @@ def test_resplit_publishes_new_splits_and_statistics(corpus: Path, tmp_path: Pat
     import shutil
 
     from spectral_corpus.pipeline.cli import main
-    from spectral_corpus.stages.store import sha256_file
 
     copy = tmp_path / "corpus"
     shutil.copytree(corpus, copy, copy_function=os.link)  # safe: a corpus's files are replaced, never rewritten
