@@ -25,6 +25,7 @@ from spectral_corpus.corpus_format import BUILD, PATCH_ARRAY, shard_file_key
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.inspect import gdal_reasons
 from spectral_corpus.stages.stats import moments_key, moments_of
+from spectral_corpus.stages.store import DigestingStore
 
 
 class SceneReadError(RejectedError):
@@ -69,16 +70,18 @@ def materialize_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands:
     for href, group in rows.groupby("href", sort=True):
         _cut_patches(str(href), group, bands, patches, first)
     read_seconds = time.perf_counter() - started
-    array = zarr.open_array(files.zarr_store(writable=True), path=PATCH_ARRAY, mode="r+")
-    array[first : first + len(rows)] = patches
+    store = DigestingStore(files.zarr_store(writable=True))
+    array = zarr.open_array(store, path=PATCH_ARRAY, mode="r+")
+    array[first : first + len(rows)] = patches  # the sharding codec writes the shard whole, in one value
+    nbytes, sha256 = store.written[shard_file_key(shard)]
     write_seconds = time.perf_counter() - started - read_seconds
     result = ShardResult(
         shard=shard,
         first_obs=first,
         n_obs=len(rows),
-        nbytes=files.size(shard_file_key(shard)),
+        nbytes=nbytes,
         raw_bytes=patches.nbytes,
-        sha256=files.sha256(shard_file_key(shard)),
+        sha256=sha256,
         read_seconds=read_seconds,
         write_seconds=write_seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

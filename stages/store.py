@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec
+from zarr.core.buffer import Buffer
+from zarr.storage import WrapperStore
 
 from spectral_corpus.corpus_files import CorpusFiles
 from spectral_corpus.corpus_format import PATCH_PX, PATCHES, ZARR, FormatError
@@ -106,3 +110,21 @@ def write_obs_coordinates(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(files.zarr_store(writable=True, under=ZARR))
+
+
+class DigestingStore(WrapperStore[Store]):
+    """A zarr store that remembers the size and SHA-256 of each value written through it: a shard's
+    checksum without reading the shard back (from a bucket, a second transfer of it)."""
+
+    def __init__(self, store: Store, written: dict[str, tuple[int, str]] | None = None) -> None:
+        super().__init__(store)
+        #: Key -> (size in bytes, hex SHA-256) of the last value written.
+        self.written = {} if written is None else written
+
+    def _with_store(self, store: Store) -> DigestingStore:
+        return type(self)(store, self.written)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        data = value.to_bytes()
+        self.written[key] = (len(data), hashlib.sha256(data).hexdigest())
+        await self._store.set(key, value)
