@@ -3,7 +3,8 @@
 Credentials for a STAC API come from the environment: a bearer token in ``SPECTRAL_CORPUS_STAC_TOKEN``,
 or ``SPECTRAL_CORPUS_STAC_USER`` and ``SPECTRAL_CORPUS_STAC_PASSWORD`` for basic auth, else the API
 host's entry in ``~/.netrc`` (or the file named by ``NETRC``). They are only sent to the API's host and
-never appear in messages, logs or records.
+never appear in messages, logs or records. Products behind ``http(s)://`` have credentials of their own
+(``SPECTRAL_CORPUS_HTTP_*``, see ``catalog.credentials``).
 
 How hard each request is tried (``RetryPolicy``) can be set in the environment too; a search given no
 policy (as from the command line) reads:
@@ -13,18 +14,17 @@ policy (as from the command line) reads:
 - ``SPECTRAL_CORPUS_STAC_BACKOFF``: base of the exponential wait between tries, seconds (default 1);
 - ``SPECTRAL_CORPUS_STAC_MAX_WAIT``: longest wait between tries, also when the server's ``Retry-After``
   asks for more, seconds (default 60).
+
+The same policy governs the reads of products and their METADATA.XML (``catalog.retries``).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
-import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,93 +36,79 @@ from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
-from requests import PreparedRequest, Response
-from requests.adapters import HTTPAdapter
-from requests.auth import AuthBase, HTTPBasicAuth
-from requests.utils import get_netrc_auth
 from shapely.errors import ShapelyError
 from shapely.geometry import mapping, shape
-from urllib3.util.retry import Retry
 
 from spectral_corpus.catalog.bands import N_BANDS
+from spectral_corpus.catalog.credentials import (
+    HOW_TO_AUTHENTICATE_STAC,
+    HTTP_HOSTS_ENV,
+    HTTP_PASSWORD_ENV,
+    HTTP_TOKEN_ENV,
+    HTTP_USER_ENV,
+    PASSWORD_ENV,
+    TOKEN_ENV,
+    USER_ENV,
+    CredentialAdapter,
+    Credentials,
+    NoAuth,
+    has_userinfo,
+    hide_userinfo,
+    only_for_host,
+    stac_credentials,
+)
 from spectral_corpus.catalog.errors import ProductError, SourceError, StacApiError
-from spectral_corpus.catalog.hrefs import is_local, open_local
+from spectral_corpus.catalog.hrefs import is_local, open_local, remote_url
 from spectral_corpus.catalog.metadata import read_metadata
 from spectral_corpus.catalog.product import ASSET_SUFFIXES, DLR_ASSET_KEYS, ProductName, asset_key, is_product_name
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rejections import Rejection
+from spectral_corpus.catalog.remote import RemoteFiles
+from spectral_corpus.catalog.retries import (
+    BACKOFF_ENV,
+    MAX_WAIT_ENV,
+    RETRIES_ENV,
+    RETRY_STATUSES,
+    TIMEOUT_ENV,
+    RetryPolicy,
+)
 from spectral_corpus.catalog.scenes import OK, REJECTED, STAC_ITEM, SceneRecord
 
-TOKEN_ENV = "SPECTRAL_CORPUS_STAC_TOKEN"
-USER_ENV = "SPECTRAL_CORPUS_STAC_USER"
-PASSWORD_ENV = "SPECTRAL_CORPUS_STAC_PASSWORD"
-RETRIES_ENV = "SPECTRAL_CORPUS_STAC_RETRIES"
-TIMEOUT_ENV = "SPECTRAL_CORPUS_STAC_TIMEOUT"
-BACKOFF_ENV = "SPECTRAL_CORPUS_STAC_BACKOFF"
-MAX_WAIT_ENV = "SPECTRAL_CORPUS_STAC_MAX_WAIT"
-#: HTTP statuses worth another try.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+__all__ = [
+    "BACKOFF_ENV",
+    "MAX_WAIT_ENV",
+    "NO_IMAGE",
+    "PASSWORD_ENV",
+    "RETRIES_ENV",
+    "RETRY_STATUSES",
+    "TIMEOUT_ENV",
+    "TOKEN_ENV",
+    "USER_ENV",
+    "RetryPolicy",
+    "read_static_stac",
+    "record_from_item",
+    "search_stac_api",
+]
+
 NO_IMAGE = "STAC item has no spectral image asset"
-_HOW_TO_AUTHENTICATE = (
-    f"set {TOKEN_ENV} to a bearer token, or {USER_ENV} and {PASSWORD_ENV}, or add the host to ~/.netrc"
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try each HTTP request.
-
-    Retries wait ``backoff_s * 2**(n - 1)`` seconds before try n + 1 (the first retry at once), or what
-    the server's ``Retry-After`` says; no wait is longer than ``max_wait_s``.
-    """
-
-    attempts: int = 5
-    backoff_s: float = 1.0
-    max_wait_s: float = 60.0
-    timeout_s: float = 60.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
-        """The default policy with what ``SPECTRAL_CORPUS_STAC_RETRIES``, ``_TIMEOUT``, ``_BACKOFF`` and
-        ``_MAX_WAIT`` set (see the module docstring); raise ValueError naming a variable that is not a
-        usable number."""
-        env = os.environ if environ is None else environ
-        default = cls()
-        retries = _env_number(env, RETRIES_ENV, default.attempts - 1, whole=True, positive=False)
-        return cls(
-            attempts=int(retries) + 1,
-            backoff_s=_env_number(env, BACKOFF_ENV, default.backoff_s, whole=False, positive=False),
-            max_wait_s=_env_number(env, MAX_WAIT_ENV, default.max_wait_s, whole=False, positive=False),
-            timeout_s=_env_number(env, TIMEOUT_ENV, default.timeout_s, whole=False, positive=True),
-        )
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool, positive: bool) -> float:
-    """A number from the environment: ``default`` when unset or empty; ValueError naming ``name`` if bad."""
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(int(text)) if whole else float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        kind = ("a positive" if positive else "a non-negative") + (" whole" if whole else "")
-        raise SourceError(f"{name}={text!r} is not {kind} number")
-    return value
 
 
 # --- items -> records ------------------------------------------------------------------------------
 
 
-def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
+def record_from_item(item: Mapping[str, Any], source: str, remote: RemoteFiles | None = None) -> SceneRecord:
     """Parse a STAC item (as a dict) into a scene record; unusable items give rejected records.
 
     DLR's items are read as they come: numbers as strings, ``proj:epsg`` null on the item and set on
     each asset, ``eo:bands`` on the image asset, asset keys such as ``quality_cloud_shadow``. When the
-    item's METADATA.XML asset is a local file (or ZIP member), the record is made from it exactly as
-    for a product in a local archive, keeping the item's assets.
+    item's METADATA.XML asset is a local file (or ZIP member), or with ``remote`` one in a bucket or
+    behind ``http(s)://`` (a few ranged GETs), the record is made from it exactly as for a product in a
+    local archive, keeping the item's assets; without ``remote`` nothing is fetched.
+
+    Raises SourceError for an asset href that carries credentials (``https://user:password@host/``),
+    which would be kept in the scene table; ProductAccessError when a host refuses the credentials.
     """
+    _refuse_credentials_in_hrefs(item)
     product = str(item.get("id", ""))
     if not is_product_name(product):
         reason = f"STAC item id {product!r} is not an EnMAP L2A product name"
@@ -134,24 +120,37 @@ def record_from_item(item: Mapping[str, Any], source: str) -> SceneRecord:
     if "image" not in record.asset_map:
         return replace(record, status=REJECTED, rejection=Rejection.NO_IMAGE, reason=NO_IMAGE)
     metadata = record.asset_map.get("metadata")
-    if metadata is not None and is_local(metadata):
-        return _record_from_metadata(record, metadata)
+    if metadata is not None and (is_local(metadata) or (remote is not None and remote_url(metadata) is not None)):
+        return _record_from_metadata(record, metadata, remote)
     if record.wavelengths_nm and len(record.wavelengths_nm) != N_BANDS:
         reason = f"STAC item lists {len(record.wavelengths_nm)} eo:bands; operational EnMAP L2A products have {N_BANDS}"
         return replace(record, status=REJECTED, rejection=Rejection.BAND_COUNT, reason=reason)
     return record
 
 
-def _record_from_metadata(record: SceneRecord, href: str) -> SceneRecord:
-    """The record made from the item's local METADATA.XML, exactly as for a product in an archive."""
+def _record_from_metadata(record: SceneRecord, href: str, remote: RemoteFiles | None) -> SceneRecord:
+    """The record made from the item's METADATA.XML, exactly as for a product in an archive."""
     try:
-        with open_local(href) as stream:
+        with open_local(href) if is_local(href) or remote is None else remote.open(href) as stream:
             meta = read_metadata(stream, href).metadata
     except ProductError as error:
         return SceneRecord.rejected(record.product, record.source, Rejection.BAD_METADATA, str(error))
     except (OSError, zipfile.BadZipFile) as error:
         return SceneRecord.rejected(record.product, record.source, Rejection.UNREADABLE, str(error))
     return SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
+
+
+def _refuse_credentials_in_hrefs(item: Mapping[str, Any]) -> None:
+    """Credentials in an asset href would be stored with the scene: refuse them, saying where they go."""
+    assets = item.get("assets") or {}
+    hrefs = [str(a.get("href", "")) for a in assets.values() if isinstance(a, Mapping)]
+    leaking = next((href for href in hrefs if has_userinfo(href)), None)
+    if leaking is not None:
+        raise SourceError(
+            f"STAC item {str(item.get('id', ''))!r} has an asset href with credentials in it "
+            f"({hide_userinfo(leaking)}); remove them from the hrefs and set {HTTP_TOKEN_ENV}, or {HTTP_USER_ENV} "
+            f"and {HTTP_PASSWORD_ENV}, with {HTTP_HOSTS_ENV}, or add the host to ~/.netrc"
+        )
 
 
 def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneRecord:
@@ -243,28 +242,36 @@ def search_stac_api(
     *,
     server_filter: bool = True,
     policy: RetryPolicy | None = None,
+    remote_metadata: bool = True,
 ) -> list[SceneRecord]:
     """Search a STAC API page by page and parse each item as it arrives.
 
     Cloud cover and quality go to the server as a CQL2 filter when it conforms to the filter extension
     (and ``server_filter``); ``query.matches`` then checks every record on the client as well.
-    Without ``policy``, ``RetryPolicy.from_env()``. Raises StacApiError when the API refuses the
-    credentials or keeps failing.
+    Without ``policy``, ``RetryPolicy.from_env()``. Items' METADATA.XML is read where it lies, also in a
+    bucket or behind ``http(s)://`` unless ``remote_metadata`` is False (``record_from_item``). Raises
+    StacApiError when the API refuses the credentials or keeps failing, ProductAccessError when a
+    product host refuses them.
     """
     policy = policy or RetryPolicy.from_env()
     if urlsplit(url).username is not None:
-        raise SourceError(f"put STAC API credentials in the environment, not in the URL: {_HOW_TO_AUTHENTICATE}")
-    credentials = _credentials(url)
+        raise SourceError(f"put STAC API credentials in the environment, not in the URL: {HOW_TO_AUTHENTICATE_STAC}")
+    credentials = stac_credentials(url)
     records = []
-    with _api_errors(url, policy, credentials):
-        stac_io = _stac_io(url, credentials.auth, policy)
-        client = Client.open(url, stac_io=stac_io, timeout=policy.timeout_s)  # it resets stac_io's timeout
-        cql2 = server_filter and client.conforms_to(ConformanceClasses.FILTER)
-        search = client.search(**_search_parameters(query, page_size, cql2=cql2))
-        for item in search.items_as_dicts():
-            record = record_from_item(item, url)
-            if query.matches(record, unknown_passes=record.status != OK):
-                records.append(record)
+    remote = RemoteFiles(policy) if remote_metadata else None
+    try:
+        with _api_errors(url, policy, credentials):
+            stac_io = _stac_io(url, credentials, policy)
+            client = Client.open(url, stac_io=stac_io, timeout=policy.timeout_s)  # it resets stac_io's timeout
+            cql2 = server_filter and client.conforms_to(ConformanceClasses.FILTER)
+            search = client.search(**_search_parameters(query, page_size, cql2=cql2))
+            for item in search.items_as_dicts():
+                record = record_from_item(item, url, remote)
+                if query.matches(record, unknown_passes=record.status != OK):
+                    records.append(record)
+    finally:
+        if remote is not None:
+            remote.close()
     return records
 
 
@@ -291,114 +298,32 @@ def _search_parameters(query: SceneQuery, page_size: int, *, cql2: bool) -> dict
     return parameters
 
 
-@dataclass(frozen=True)
-class _Credentials:
-    """What to authenticate with, where it came from, and the strings to keep out of messages."""
-
-    auth: AuthBase | None = None
-    origin: str = "none"
-    secrets: tuple[str, ...] = ()
-
-
-def _credentials(url: str) -> _Credentials:
-    """Credentials for the API from the environment, else from netrc."""
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        return _Credentials(_BearerAuth(token), f"a bearer token from {TOKEN_ENV}", (token,))
-    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-    if bool(user) != bool(password):
-        raise SourceError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
-    if user and password:
-        return _basic(user, password, f"user and password from {USER_ENV} and {PASSWORD_ENV}")
-    netrc = get_netrc_auth(url)
-    return _basic(*netrc, "user and password from netrc") if netrc else _Credentials()
-
-
-def _basic(user: str, password: str, origin: str) -> _Credentials:
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return _Credentials(HTTPBasicAuth(user, password), origin, tuple(s for s in (password, encoded) if s))
-
-
-class _BearerAuth(AuthBase):
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        return request
-
-    def __repr__(self) -> str:
-        return "_BearerAuth(***)"
-
-
-class _NoAuth(AuthBase):
-    """Session auth placeholder: keeps requests from adding netrc credentials while preparing."""
-
-    def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        return request
-
-
-class _CredentialAdapter(HTTPAdapter):
-    """Adds credentials to requests for one host just before they are sent.
-
-    pystac-client logs each prepared request with its headers at DEBUG level; credentials added here
-    never show there, and never go to another host (a redirect or a ``next`` link elsewhere).
-    """
-
-    def __init__(self, auth: AuthBase | None, host: str | None, retry: Retry) -> None:
-        super().__init__(max_retries=retry)
-        self._auth = auth
-        self._host = host
-
-    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
-        if self._auth is not None and urlsplit(request.url or "").hostname == self._host:
-            request = self._auth(request)
-        return super().send(request, *args, **kwargs)
-
-
-class _CappedRetry(Retry):
-    """urllib3 Retry that waits no longer than ``backoff_max``, also when told so by Retry-After."""
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        return min(super().parse_retry_after(retry_after), self.backoff_max)
-
-
-def _stac_io(url: str, auth: AuthBase | None, policy: RetryPolicy) -> StacApiIO:
-    retry = _CappedRetry(
-        total=policy.attempts - 1,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,  # search is a POST, and safe to repeat
-        backoff_factor=policy.backoff_s,
-        backoff_max=policy.max_wait_s,
-        raise_on_status=False,  # hand the last answer to pystac-client, which keeps its status
-    )
+def _stac_io(url: str, credentials: Credentials, policy: RetryPolicy) -> StacApiIO:
     stac_io = StacApiIO(max_retries=None)
-    adapter = _CredentialAdapter(auth, urlsplit(url).hostname, retry)
+    adapter = CredentialAdapter(only_for_host(urlsplit(url).hostname, credentials), policy.urllib3_retry())
     stac_io.session.mount("http://", adapter)
     stac_io.session.mount("https://", adapter)
-    stac_io.session.auth = _NoAuth()
+    stac_io.session.auth = NoAuth()
     return stac_io
 
 
 @contextmanager
-def _api_errors(url: str, policy: RetryPolicy, credentials: _Credentials) -> Iterator[None]:
+def _api_errors(url: str, policy: RetryPolicy, credentials: Credentials) -> Iterator[None]:
     """Turn pystac-client's APIError into StacApiError, with no credentials in the message."""
     try:
         yield
     except APIError as error:
         status = getattr(error, "status_code", None)
-        detail = str(error)
-        for secret in credentials.secrets:
-            detail = detail.replace(secret, "***")
+        detail = credentials.redact(str(error))
         # "from None": the APIError's own text may hold what the server echoed back.
         raise StacApiError(_error_message(url, status, detail[:500], policy, credentials), status) from None
 
 
-def _error_message(url: str, status: int | None, detail: str, policy: RetryPolicy, credentials: _Credentials) -> str:
+def _error_message(url: str, status: int | None, detail: str, policy: RetryPolicy, credentials: Credentials) -> str:
     if status in (401, 403):
         return (
             f"STAC API {url} refused the credentials (HTTP {status}; sent: {credentials.origin}); "
-            + _HOW_TO_AUTHENTICATE
+            + HOW_TO_AUTHENTICATE_STAC
         )
     if status is None:
         return f"STAC API {url} could not be reached after {policy.attempts} attempts: {detail}"
@@ -410,18 +335,25 @@ def _error_message(url: str, status: int | None, detail: str, policy: RetryPolic
 # --- static STAC ----------------------------------------------------------------------------------
 
 
-def read_static_stac(path: Path, query: SceneQuery) -> list[SceneRecord]:
+def read_static_stac(path: Path, query: SceneQuery, remote_metadata: bool = True) -> list[SceneRecord]:
     """Records from a saved ItemCollection, a single item, or a catalog or collection and its items.
 
     Relative asset hrefs are made absolute; items of another collection than the query's are skipped.
+    Items' METADATA.XML is read where it lies, also in a bucket or behind ``http(s)://`` unless
+    ``remote_metadata`` is False (``record_from_item``).
     """
     records = []
-    for item in _static_items(path):
-        if item.get("collection") not in (None, query.collection):
-            continue
-        record = record_from_item(item, str(path))
-        if query.matches(record, unknown_passes=record.status != OK):
-            records.append(record)
+    remote = RemoteFiles() if remote_metadata else None
+    try:
+        for item in _static_items(path):
+            if item.get("collection") not in (None, query.collection):
+                continue
+            record = record_from_item(item, str(path), remote)
+            if query.matches(record, unknown_passes=record.status != OK):
+                records.append(record)
+    finally:
+        if remote is not None:
+            remote.close()
     return records
 
 

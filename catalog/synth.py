@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -780,6 +780,17 @@ def write_example(
     _write_json(example.stac_items, {"type": "FeatureCollection", "features": items})
     _write_json(example.collection, stac_collection(items))
     return example
+
+
+def write_scenes(archive: Path, plans: Iterable[ScenePlan], seed: int = 0) -> list[dict[str, Any]]:
+    """Write the products of ``plans`` into ``archive`` (folders or ZIPs, as each says); return their STAC items.
+
+    For products shaped otherwise than ``SCENARIO``'s (other cells kept, say), on the landscape that
+    ``write_example`` uses with the same seed.
+    """
+    archive.mkdir(parents=True, exist_ok=True)
+    landscape = Landscape.from_seed(seed)
+    return [_write_scene(plan, archive, landscape, seed) for plan in plans]
 
 
 def _write_scene(plan: ScenePlan, archive: Path, landscape: Landscape, seed: int) -> dict[str, Any]:

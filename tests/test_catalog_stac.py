@@ -47,8 +47,12 @@ def product(i: int, version: str = "010302") -> str:
     return f"ENMAP01-____L2A-DT{1000 + i:010d}_2024{i % 12 + 1:02d}15T103000Z_001_V{version}_20241120T000000Z"
 
 
-def make_item(i: int, *, version: str = "010302", image: bool = True) -> dict[str, Any]:
-    """Item i: lon 10+2i..11+2i, lat 45..46, cloud 7i %, quality i % 3; CRS as proj:epsg, proj:code or none."""
+def make_item(i: int, *, version: str = "010302", image: bool = True, metadata: bool = False) -> dict[str, Any]:
+    """Item i: lon 10+2i..11+2i, lat 45..46, cloud 7i %, quality i % 3; CRS as proj:epsg, proj:code or none.
+
+    With ``metadata``, a METADATA.XML asset on a host that does not exist: a search or a static file would
+    try to read it (record_from_item alone does not), so only the tests of parsing ask for it.
+    """
     name = product(i, version)
     west = 10.0 + 2 * i
     ring = [[west, 45.0], [west + 1, 45.0], [west + 1, 46.0], [west, 46.0], [west, 45.0]]
@@ -56,8 +60,9 @@ def make_item(i: int, *, version: str = "010302", image: bool = True) -> dict[st
     assets = {
         "thumbnail": {"href": f"https://example.invalid/{name}-QUICKLOOK.png"},
         "ql_cloud": {"href": f"https://example.invalid/{name}/{name}-QL_QUALITY_CLOUD.TIF?sig=abc"},
-        "metadata": {"href": f"https://example.invalid/{name}/{name}-METADATA.XML"},
     }
+    if metadata:
+        assets["metadata"] = {"href": f"https://example.invalid/{name}/{name}-METADATA.XML"}
     if image:
         assets["spectral_image"] = {"href": f"https://example.invalid/{name}/{name}-SPECTRAL_IMAGE_COG.TIF"}
     return {
@@ -103,7 +108,7 @@ def datatakes(records: list[SceneRecord]) -> list[int]:
 
 
 def test_record_from_item_reads_every_field() -> None:
-    record = record_from_item(make_item(0), "https://stac.example/api")
+    record = record_from_item(make_item(0, metadata=True), "https://stac.example/api")
     name = product(0)
 
     assert (record.status, record.reason, record.product) == (OK, "", name)

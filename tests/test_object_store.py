@@ -154,5 +154,5 @@ def test_products_in_a_bucket_build_the_same_corpus(
     pd.testing.assert_frame_equal(got.table("observations")[key], want.table("observations")[key])
     np.testing.assert_array_equal(got.patches[:], want.patches[:])
     scenes = got.table("scenes").set_index("product")
-    assert set(scenes.loc[scenes["status"] == "ok", "described_by"]) == {"STAC item"}  # no METADATA.XML fetched
+    assert set(scenes.loc[scenes["status"] == "ok", "described_by"]) == {"METADATA.XML"}  # read from the bucket
 
