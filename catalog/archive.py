@@ -28,9 +28,22 @@ def index_archive(root: Path, query: SceneQuery | None = None) -> list[SceneReco
     ``/vsizip/`` paths into ZIP files. Products that cannot be used give rejected records: among them
     a folder or file that links out of ``root``, and a ZIP with a member that is absolute, climbs out
     with ``..`` or is a symbolic link.
+
+    The two steps, ``archive_products`` (a walk of the folders) and ``index_products`` (reading each
+    product), may run apart: a build reads the products in batches on its cluster.
     """
     root = root.resolve()
-    records = (_record(path, root) for path in _products(root))
+    return index_products(archive_products(root), root, query)
+
+
+def archive_products(root: Path) -> list[Path]:
+    """The product folders and ZIP files under ``root`` (resolved), in path order; nothing in them is read."""
+    return list(_products(root.resolve()))
+
+
+def index_products(products: list[Path], root: Path, query: SceneQuery | None = None) -> list[SceneRecord]:
+    """The records of ``products`` (from ``archive_products(root)``) that match ``query``."""
+    records = (_record(path, root) for path in products)
     if query is None:
         return list(records)
     return [r for r in records if query.matches(r, unknown_passes=r.status != OK)]

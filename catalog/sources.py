@@ -18,6 +18,14 @@ def find_scenes(source: str, query: SceneQuery) -> list[SceneRecord]:
     return keep_newest(read_source(source, query))
 
 
+def archive_root(source: str) -> Path | None:
+    """The folder ``source`` names when it is a local archive of products, else None."""
+    if source.lower().startswith(("http://", "https://")):
+        return None
+    path = Path(source)
+    return path.resolve() if path.is_dir() else None
+
+
 def read_source(source: str, query: SceneQuery) -> list[SceneRecord]:
     """Scene records from ``source`` that match ``query``, every version as found.
 

@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster, as_completed
 
+from spectral_corpus.catalog.archive import archive_products, index_products
 from spectral_corpus.catalog.bands import band_table, selected_bands
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rejections import Rejection
-from spectral_corpus.catalog.scenes import OK, records_from_table, scene_table
-from spectral_corpus.catalog.sources import read_source
+from spectral_corpus.catalog.scenes import OK, SceneRecord, records_from_table, scene_table
+from spectral_corpus.catalog.sources import archive_root, read_source
 from spectral_corpus.corpus_files import CorpusFiles, LocalFiles, corpus_files
 from spectral_corpus.corpus_format import (
     BUILD,
@@ -152,14 +153,14 @@ def _update(
 ) -> RunResult:
     files = corpus_files(options.out)
     version = (base.version if base else 0) + 1
-    scenes = _scenes(work, options, base, version)
-    known = set(base.table("scenes")["product"]) if base else set()
-    new = [r for r in records_from_table(tables.ok_scenes(scenes)) if r.product not in known]
-    fresh = scenes[~scenes["product"].isin(known)]
-    if len(fresh) and not new and not dry_run:
-        _give_up(work, base, _nothing_built(fresh, None))
-    log.info(f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
     with dask_client(options.workers, options.scheduler) as client:
+        scenes = _scenes(client, work, options, base, version)
+        known = set(base.table("scenes")["product"]) if base else set()
+        new = [r for r in records_from_table(tables.ok_scenes(scenes)) if r.product not in known]
+        fresh = scenes[~scenes["product"].isin(known)]
+        if len(fresh) and not new and not dry_run:
+            _give_up(work, base, _nothing_built(fresh, None))
+        log.info(f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
         inspected = _inspect(client, work, new, options.progress)
         scenes = tables.apply_inspection(scenes, inspected)
         while True:  # until every new shard is written; a scene that cannot be read is rejected, then re-plan
@@ -196,12 +197,14 @@ def _update(
     return Published(manifest)
 
 
-def _scenes(work: WorkState, options: BuildOptions, base: CorpusReader | None, version: int) -> pd.DataFrame:
+def _scenes(
+    client: Client, work: WorkState, options: BuildOptions, base: CorpusReader | None, version: int
+) -> pd.DataFrame:
     """The next version's scene table; a source that fails or finds nothing leaves no work state."""
     fresh = work.identity() is None
     try:
         work.claim(_identity(options, version))
-        found = _catalog(work, options)
+        found = _catalog(client, work, options)
         if found.empty:
             raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
     except BaseException:
@@ -235,11 +238,17 @@ def _products_of(scenes: pd.DataFrame, failures: dict[str, tuple[Rejection, str]
 @contextmanager
 def dask_client(workers: int, scheduler: str | None) -> Iterator[Client]:
     """A client of an existing scheduler, or of a local cluster of single-threaded worker processes."""
+    # distributed's own log lines (a lost connection, its retries) are not the user's: _run says what happened
+    for name in ("distributed", "distributed.client"):  # the client's level is set apart in dask's config
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as error:
+            raise BuildError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        with client:
             yield client
         return
-    logging.getLogger("distributed").setLevel(logging.ERROR)  # the local cluster's chatter is not the user's
     with (
         LocalCluster(
             n_workers=workers,
@@ -272,15 +281,32 @@ def _identity(options: BuildOptions, version: int) -> dict[str, Any]:
     }
 
 
-def _catalog(work: WorkState, options: BuildOptions) -> pd.DataFrame:
+def _catalog(client: Client, work: WorkState, options: BuildOptions) -> pd.DataFrame:
     """The source's scene table: queried once, then reused by a resumed run."""
     found = work.scenes()
     if found is None:
-        records = read_source(options.source, options.query)
+        root = archive_root(options.source)
+        if root is None:
+            records = read_source(options.source, options.query)
+        else:
+            records = _index_archive(client, root, options.query, options.progress)
         work.record_scenes(scene_table(records, {"source": options.source, **options.query.as_dict()}))
         found = work.scenes()
         assert found is not None
     return found
+
+
+#: Products per indexing task: reading a product's METADATA.XML head takes milliseconds.
+INDEX_BATCH = 64
+
+
+def _index_archive(client: Client, root: Path, query: SceneQuery, progress: Progress | None) -> list[SceneRecord]:
+    """The records of a local archive, its products read in batches on the cluster; the client only walks
+    the folders."""
+    products = archive_products(root)
+    batches = [products[i : i + INDEX_BATCH] for i in range(0, len(products), INDEX_BATCH)]
+    tasks = [(f"index-{n}", index_products, (batch, root, query)) for n, batch in enumerate(batches)]
+    return [record for records in _run(client, tasks, "index", progress) for record in records]
 
 
 def _inspect(
@@ -297,6 +323,7 @@ def _inspect(
 def inspect_task(record: Any, files: CorpusFiles, key: str) -> str:
     """Dask task: inspect one scene and record the result beside the other scenes'."""
     result = inspect_scene(record)
+    failpoint("inspected")
     save_inspection(result, files, key)
     return result.status
 
@@ -464,6 +491,11 @@ def _run(
     tell = progress or (lambda stage, done, total: None)
     tell(stage, 0, len(futures))
     for done, future in enumerate(as_completed(futures), start=1):
+        if future.status == "cancelled":  # by the client, when it lost the scheduler for good
+            raise BuildError(
+                f"the Dask scheduler at {client.scheduler.address} went away while {stage} tasks ran; the work "
+                "done so far is kept: run the same command again once the scheduler is back"
+            )
         if future.status == "error":
             error = future.exception()
             if isinstance(error, SpectralCorpusError):  # already says what went wrong, and where

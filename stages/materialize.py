@@ -22,6 +22,7 @@ from spectral_corpus.catalog.hrefs import open_raster
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
 from spectral_corpus.corpus_files import CorpusFiles
 from spectral_corpus.corpus_format import BUILD, PATCH_ARRAY, shard_file_key
+from spectral_corpus.stages.failpoints import failpoint
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.inspect import gdal_reasons
 from spectral_corpus.stages.stats import moments_key, moments_of
@@ -74,6 +75,7 @@ def materialize_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands:
     array = zarr.open_array(store, path=PATCH_ARRAY, mode="r+")
     array[first : first + len(rows)] = patches  # the sharding codec writes the shard whole, in one value
     nbytes, sha256 = store.written[shard_file_key(shard)]
+    failpoint("shard-written")  # written, no marker yet: a retry writes the same bytes again
     write_seconds = time.perf_counter() - started - read_seconds
     result = ShardResult(
         shard=shard,

@@ -206,6 +206,8 @@ def test_build_on_an_existing_dask_scheduler_reports_its_progress(
     n_scenes, n_shards = len(reader.table("scenes")), reader.manifest.n_shards
     n_inspected = n_scenes - 1  # the superseded product is never inspected
     assert calls == [
+        ("index", 0, 1),  # the example's products, read in one task on the cluster
+        ("index", 1, 1),
         *[("inspect", done, n_inspected) for done in range(n_inspected + 1)],
         *[("materialize", done, n_shards) for done in range(n_shards + 1)],
         ("stats", 0, 0),  # every shard's moments were taken while it was written

@@ -213,11 +213,13 @@ def test_an_extension_with_nothing_new_publishes_nothing(
     out, err = capsys.readouterr()
     assert out == f"{corpus}: nothing new in {source}; version 2 stays current\n"
     n_scenes = len(CorpusReader(corpus).table("scenes"))
-    assert err.splitlines() == [  # the stage lines, as the command line shows them
+    *bars, catalog, plan, unchanged = err.splitlines()  # as the command line shows them
+    assert [catalog, plan, unchanged] == [
         f"catalog     {n_scenes} scenes (0 new to inspect)",
         f"plan        0 new observations, {CorpusReader(corpus).manifest.n_obs} in all",
         "unchanged   nothing new; version 2 stays current",
     ]
+    assert bars[-1].startswith("index") and "1/1" in bars[-1]  # the source's products, read on the cluster
 
 
 def test_a_second_writer_is_refused_with_a_clear_message(
