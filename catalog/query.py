@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 from shapely.geometry import box, mapping
@@ -29,7 +30,8 @@ class SceneQuery:
     ``bbox`` is (west, south, east, north) and ``aoi`` a geometry, both in lon/lat; ``start`` and
     ``end`` are inclusive UTC times of acquisition; ``max_cloud`` (scene ``eo:cloud_cover`` in %) is
     inclusive, as is ``max_quality`` (``enmap:overallQuality``: 0 nominal, 1 reduced, 2 low; lower is
-    better, so ``max_quality=0`` keeps nominal scenes only).
+    better, so ``max_quality=0`` keeps nominal scenes only). ``updated_since`` keeps scenes whose catalog
+    entry changed at or after that time (a STAC item's ``updated``): what an extension asks for.
     """
 
     collection: str = DEFAULT_COLLECTION
@@ -39,9 +41,10 @@ class SceneQuery:
     end: datetime | None = None
     max_cloud: float | None = None
     max_quality: float | None = None
+    updated_since: datetime | None = None
 
     def __post_init__(self) -> None:
-        for name in ("start", "end"):
+        for name in ("start", "end", "updated_since"):
             value = getattr(self, name)
             if value is not None and value.utcoffset() is None:
                 raise SourceError(f"SceneQuery.{name} must be timezone-aware, got {value.isoformat()}")
@@ -89,6 +92,7 @@ class SceneQuery:
             self._time_passes(record),
             _within(record.cloud_cover, self.max_cloud, operator.le),
             _within(record.quality, self.max_quality, operator.le),
+            _within(record.updated, self.updated_since, operator.ge),
         )
         return False not in verdicts if unknown_passes else all(v is True for v in verdicts)
 
@@ -102,6 +106,7 @@ class SceneQuery:
             "end": self.end.isoformat() if self.end else None,
             "max_cloud": self.max_cloud,
             "max_quality": self.max_quality,
+            **({"updated_since": self.updated_since.isoformat()} if self.updated_since else {}),
         }
 
     def _place_passes(self, record: SceneRecord) -> bool | None:
@@ -123,7 +128,7 @@ class SceneQuery:
         )
 
 
-def _within(value: float | None, bound: float | None, passes: Callable[[float, float], bool]) -> bool | None:
+def _within(value: Any, bound: Any, passes: Callable[[Any, Any], bool]) -> bool | None:
     """``passes(value, bound)``; True when there is no bound, None when the value is unknown."""
     if bound is None:
         return True

@@ -39,6 +39,8 @@ class SceneRecord:
     1 reduced, 2 low). ``wavelengths_nm`` and ``fwhm_nm`` are this scene's own band characterisation.
     ``epsg``, ``width`` and ``height`` are what the catalog says of the image (``described_by``: the
     product's METADATA.XML or a STAC item); ``inspect`` checks them against the image itself.
+    ``updated`` is when the catalog last changed the scene's entry (a STAC item's ``updated``; unknown
+    for a product on disk): an extension asks a STAC API only for what changed since.
     """
 
     product: str
@@ -48,6 +50,7 @@ class SceneRecord:
     version: str | None = None
     acquired: datetime | None = None
     processed: datetime | None = None
+    updated: datetime | None = None
     epsg: int | None = None
     width: int | None = None
     height: int | None = None
@@ -180,6 +183,7 @@ _COLUMNS = [
     "version",
     "acquired",
     "processed",
+    "updated",
     "epsg",
     "width",
     "height",
@@ -217,7 +221,7 @@ def scene_table(records: Iterable[SceneRecord], query: dict[str, object] | None 
     )
     for column in ("datatake", "tile", "epsg", "width", "height"):
         frame[column] = frame[column].astype("Int64")
-    for column in ("acquired", "processed"):
+    for column in ("acquired", "processed", "updated"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
     table = gpd.GeoDataFrame(frame, geometry=[r.footprint for r in rows], crs="EPSG:4326")
     table.attrs["query"] = dict(query or {})
@@ -238,6 +242,7 @@ def records_from_table(table: pd.DataFrame) -> list[SceneRecord]:
                 version=values["version"] if isinstance(values["version"], str) else None,
                 acquired=_optional_time(values["acquired"]),
                 processed=_optional_time(values["processed"]),
+                updated=_optional_time(values.get("updated")),
                 epsg=_optional_int(values["epsg"]),
                 width=_optional_int(values.get("width")),
                 height=_optional_int(values.get("height")),

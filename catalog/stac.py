@@ -137,7 +137,9 @@ def _record_from_metadata(record: SceneRecord, href: str, remote: RemoteFiles | 
         return SceneRecord.rejected(record.product, record.source, Rejection.BAD_METADATA, str(error))
     except (OSError, zipfile.BadZipFile) as error:
         return SceneRecord.rejected(record.product, record.source, Rejection.UNREADABLE, str(error))
-    return SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map)
+    return replace(
+        SceneRecord.from_metadata(meta, record.product, record.source, record.asset_map), updated=record.updated
+    )
 
 
 def _refuse_credentials_in_hrefs(item: Mapping[str, Any]) -> None:
@@ -168,6 +170,7 @@ def _parse_item(item: Mapping[str, Any], product: str, source: str) -> SceneReco
         version=name.version,
         acquired=_parse_time(props["datetime"]) if props.get("datetime") else name.acquired,
         processed=name.processed,
+        updated=_parse_time(props["updated"]) if props.get("updated") else None,
         epsg=_epsg(props) or _epsg(image),
         height=_shape(image)[0],
         width=_shape(image)[1],
@@ -264,8 +267,11 @@ def search_stac_api(
             stac_io = _stac_io(url, credentials, policy)
             client = Client.open(url, stac_io=stac_io, timeout=policy.timeout_s)  # it resets stac_io's timeout
             cql2 = server_filter and client.conforms_to(ConformanceClasses.FILTER)
-            search = client.search(**_search_parameters(query, page_size, cql2=cql2))
+            temporal = cql2 and TEMPORAL_FUNCTIONS in client.get_conforms_to()
+            search = client.search(**search_parameters(query, page_size, cql2=cql2, temporal=temporal))
             for item in search.items_as_dicts():
+                if not _changed_since(item, query.updated_since):  # a server without filters sent it
+                    continue  # skipped before its METADATA.XML is fetched
                 record = record_from_item(item, url, remote)
                 if query.matches(record, unknown_passes=record.status != OK):
                     records.append(record)
@@ -275,8 +281,19 @@ def search_stac_api(
     return records
 
 
-def _search_parameters(query: SceneQuery, page_size: int, *, cql2: bool) -> dict[str, Any]:
-    """Keyword arguments for ``pystac_client.Client.search``; with ``cql2``, a cql2-json filter."""
+def _changed_since(item: Mapping[str, Any], since: datetime | None) -> bool:
+    """False for an item whose ``updated`` is before ``since``; True when either is unknown."""
+    updated = (item.get("properties") or {}).get("updated")
+    return since is None or not updated or _parse_time(str(updated)) >= since
+
+
+#: The CQL2 conformance class of temporal operators, which ``updated_since`` needs on the server.
+TEMPORAL_FUNCTIONS = "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions"
+
+
+def search_parameters(query: SceneQuery, page_size: int, *, cql2: bool, temporal: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``pystac_client.Client.search``; with ``cql2``, a cql2-json filter, which with
+    ``temporal`` also asks for items updated since ``query.updated_since`` (else they are skipped here)."""
     parameters: dict[str, Any] = {"collections": [query.collection], "limit": page_size}
     if query.aoi is not None:
         parameters["intersects"] = mapping(query.aoi)  # bbox, if also set, is checked on the client
@@ -292,6 +309,9 @@ def _search_parameters(query: SceneQuery, page_size: int, *, cql2: bool) -> dict
         )
         if value is not None
     ]
+    if temporal and query.updated_since is not None:  # updated >= since: not before it (t_before is strict)
+        since = {"timestamp": query.updated_since.isoformat().replace("+00:00", "Z")}
+        terms.append({"op": "not", "args": [{"op": "t_before", "args": [{"property": "updated"}, since]}]})
     if cql2 and terms:
         parameters["filter"] = terms[0] if len(terms) == 1 else {"op": "and", "args": terms}
         parameters["filter_lang"] = "cql2-json"

@@ -649,6 +649,10 @@ def _order_files(order: Path) -> None:
 # --- STAC -----------------------------------------------------------------------------------------
 
 
+#: How long after processing DLR's catalog lists a product (the real item in ../shared/data/real: 4 h 48 min).
+PUBLISHED_AFTER = timedelta(hours=4, minutes=48)
+
+
 def stac_item(
     meta: ProductMetadata, hrefs: Mapping[str, str], *, with_epsg: bool = True, transform: Affine | None = None
 ) -> dict[str, Any]:
@@ -678,6 +682,9 @@ def stac_item(
         "processing:level": meta.level,
         "processing:version": meta.processor,
         "processing:datetime": _iso(meta.processed),
+        # DLR's items are created, and last updated, hours after the product was processed
+        "created": _iso(meta.processed + PUBLISHED_AFTER),
+        "updated": _iso(meta.processed + PUBLISHED_AFTER),
         "proj:epsg": None,
     }
     raster = _raster_fields(meta, transform) if with_epsg else {}

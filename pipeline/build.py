@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from spectral_corpus.corpus_format import (
     BandStatistics,
     CorpusMetadata,
     Manifest,
+    read_manifest,
 )
 from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.pipeline import tables
@@ -97,10 +99,12 @@ def build_corpus(options: BuildOptions) -> Published:
         return result
 
 
-def extend_corpus(options: BuildOptions, dry_run: bool = False) -> RunResult:
+def extend_corpus(options: BuildOptions, dry_run: bool = False, incremental: bool = True) -> RunResult:
     """Add the source's new products to a corpus with the corpus's own rules; publish version N+1.
 
-    With ``dry_run`` nothing is written to the corpus: the result says what would be added.
+    With ``dry_run`` nothing is written to the corpus: the result says what would be added. A STAC API
+    that an earlier version read with the same query is asked only for the scenes changed since
+    (``incremental``; see ``changed_since_last_run``).
     """
     CorpusReader(options.out)  # is it a corpus? (before the lock, which would create the directory)
     with writer_lock(options.out) as lease:
@@ -108,6 +112,8 @@ def extend_corpus(options: BuildOptions, dry_run: bool = False) -> RunResult:
         _refuse_inverted_quality(base)
         _drop_published_work(base.files, base.version)
         options = replace(options, rules=Rules.from_dict(base.rules))
+        if incremental:
+            options = replace(options, query=changed_since_last_run(base, options.source, options.query))
         if not dry_run:
             return _update(options, base, WorkState(base.files), lease)
         with tempfile.TemporaryDirectory(prefix="spectral-corpus-dry-run-") as work:
@@ -160,7 +166,9 @@ def _update(
         fresh = scenes[~scenes["product"].isin(known)]
         if len(fresh) and not new and not dry_run:
             _give_up(work, base, _nothing_built(fresh, None))
-        log.info(f"catalog     {len(scenes)} scenes ({len(new)} new to inspect)")
+        since = options.query.updated_since
+        changed = f", {len(fresh)} changed since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+        log.info(f"catalog     {len(scenes)} scenes ({len(new)} new to inspect{changed})")
         inspected = _inspect(client, work, new, options.progress)
         scenes = tables.apply_inspection(scenes, inspected)
         while True:  # until every new shard is written; a scene that cannot be read is rejected, then re-plan
@@ -205,7 +213,7 @@ def _scenes(
     try:
         work.claim(_identity(options, version))
         found = _catalog(client, work, options)
-        if found.empty:
+        if found.empty and (base is None or options.query.updated_since is None):  # else: nothing changed
             raise BuildError(f"{options.source} has no scenes matching the query {options.query.as_dict()}")
     except BaseException:
         if fresh:
@@ -306,17 +314,15 @@ def _index_archive(client: Client, root: Path, query: SceneQuery, progress: Prog
     products = archive_products(root)
     batches = [products[i : i + INDEX_BATCH] for i in range(0, len(products), INDEX_BATCH)]
     tasks = [(f"index-{n}", index_products, (batch, root, query)) for n, batch in enumerate(batches)]
-    return [record for records in _run(client, tasks, "index", progress) for record in records]
+    return [record for records in run_tasks(client, tasks, "index", progress) for record in records]
 
 
-def _inspect(
-    client: Client, work: WorkState, records: list[Any], progress: Progress | None
-) -> list[InspectResult]:
+def _inspect(client: Client, work: WorkState, records: list[Any], progress: Progress | None) -> list[InspectResult]:
     """Inspect each scene once; results are kept per scene so a re-run skips them."""
     done = work.inspected()
     todo = [r for r in records if r.product not in done]
     tasks = [(f"inspect-{r.product}", inspect_task, (r, work.files, work.inspection_key(r.product))) for r in todo]
-    _run(client, tasks, "inspect", progress)
+    run_tasks(client, tasks, "inspect", progress)
     return [work.inspection(r.product) for r in records]
 
 
@@ -358,9 +364,7 @@ def _rows(base: CorpusReader | None) -> int:
     return 0 if base is None else int(base.patches.shape[0])
 
 
-def _preview(
-    base: CorpusReader | None, scenes: pd.DataFrame, plan: Plan, added: pd.DataFrame, version: int
-) -> DryRun:
+def _preview(base: CorpusReader | None, scenes: pd.DataFrame, plan: Plan, added: pd.DataFrame, version: int) -> DryRun:
     """What an extension would add, without writing anything."""
     old = base.table("observations") if base else pd.DataFrame(columns=["obs", "location_id"])
     known_ids = set(base.table("locations")["location_id"]) if base else set()
@@ -397,7 +401,7 @@ def _materialize(
         (f"materialize-{s}", materialize_task, (files, s, groups[s][["obs", "href", "row", "col", "train"]], bands))
         for s in todo
     ]
-    done = _run(client, tasks, "materialize", progress)
+    done = run_tasks(client, tasks, "materialize", progress)
     failures = {r["href"]: (Rejection(r["rejection"]), r["reason"]) for r in done if r is not None}
     if failures:
         return pd.DataFrame(), failures
@@ -446,7 +450,8 @@ def _moments(
         fresh_rows = pd.DataFrame(written).set_index("key")
         known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])
     todo = [s for s in groups if keys[s] not in known.index]
-    done = _run(client, [(f"stats-{s}", shard_moments, (files, groups[s], n_bands)) for s in todo], "stats", progress)
+    tasks = [(f"stats-{s}", shard_moments, (files, groups[s], n_bands)) for s in todo]
+    done = run_tasks(client, tasks, "stats", progress)
     fresh = dict(zip(todo, done, strict=True))
     rows = []
     for shard, key in keys.items():
@@ -474,7 +479,7 @@ def band_statistics(moments: pd.DataFrame, n_bands: int) -> BandStatistics:
     )
 
 
-def _run(
+def run_tasks(
     client: Client,
     tasks: Iterable[tuple[str, Callable[..., Any], tuple[Any, ...]]],
     stage: str,
@@ -518,7 +523,7 @@ def _commit(
     """Assemble the version's tables, write the observation coordinates and publish."""
     scenes = tables.count_per_scene(scenes, plan)
     observations = tables.observation_table(plan.observations, scenes)
-    _write_coordinates(files, observations)
+    write_coordinates(files, observations)
     base_retired = base.table("retired") if base else None
     retired = tables.retired_table(base.table("observations") if base else None, plan, scenes, version, base_retired)
     version_tables = VersionTables(
@@ -531,12 +536,45 @@ def _commit(
         retired=retired,
     )
     metadata = base.metadata if base else _corpus_metadata(options)
-    run = {"source": options.source, "query": options.query.as_dict(), "software_version": _software_version()}
+    run = {"source": options.source, **_query_record(options.query, scenes, options.source)}
+    run["software_version"] = _software_version()
     stats = band_statistics(moments, len(selected_bands(options.rules.bands)))
-    return commit_version(files, version, version_tables, metadata, stats, json.loads(json.dumps(run, default=str)))
+    return commit_version(files, version, version_tables, metadata, stats, _as_json(run))
 
 
-def _write_coordinates(files: CorpusFiles, observations: pd.DataFrame) -> None:
+def changed_since_last_run(base: CorpusReader, source: str, query: SceneQuery) -> SceneQuery:
+    """``query`` limited to scenes changed since the last version that read ``source`` with it, when the
+    source is a STAC API whose items say when they changed (``updated``); else ``query`` as it is.
+
+    The high-water mark is the newest ``updated`` among that version's scenes from the source: a scene
+    changed later has a later ``updated``. One the corpus already knows is skipped as ever.
+    """
+    if not source.lower().startswith(("http://", "https://")) or query.updated_since is not None:
+        return query
+    asked = _as_json(query.as_dict())
+    for version in range(base.version, 0, -1):
+        run = read_manifest(base.files, version).run
+        if run.get("source") == source:
+            mark = run.get("updated_until") if run.get("query") == asked else None
+            return replace(query, updated_since=datetime.fromisoformat(mark)) if mark else query
+    return query
+
+
+def _query_record(query: SceneQuery, scenes: pd.DataFrame, source: str) -> dict[str, Any]:
+    """What a manifest keeps of the query: the query as asked, what it was limited to, its high-water mark."""
+    updated = scenes.loc[scenes["source"] == source, "updated"].max()
+    return {
+        "query": _as_json(replace(query, updated_since=None).as_dict()),
+        "updated_since": query.updated_since.isoformat() if query.updated_since else None,
+        "updated_until": None if pd.isna(updated) else updated.isoformat(),
+    }
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_coordinates(files: CorpusFiles, observations: pd.DataFrame) -> None:
     write_obs_coordinates(
         files,
         observations["obs"].to_numpy(),
@@ -564,7 +602,7 @@ def _corpus_metadata(options: BuildOptions) -> CorpusMetadata:
         format_version=FORMAT_VERSION,
         software_version=_software_version(),
         source=options.source,
-        query=json.loads(json.dumps(options.query.as_dict(), default=str)),
+        query=_as_json(options.query.as_dict()),
         rules=options.rules.as_dict(),
         bands=bands.to_dict(orient="list"),
     )

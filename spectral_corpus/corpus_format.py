@@ -19,9 +19,10 @@ relative to the corpus root, which is a local folder or an object-store prefix (
 The module needs neither torch nor dask.
 
 Format history: 1 stored a scene's assets as JSON text and its rejection as free text only; 2 stores
-assets as a map column, adds the scenes' ``rejection`` code and declares every table's column types.
-Readers read versions 1 and 2 (version 1's assets are decoded on read, its rejections are
-``unrecorded``).
+assets as a map column, adds the scenes' ``rejection`` code and declares every table's column types;
+3 adds the scenes' ``updated`` (when the catalog last changed the scene). Readers read versions 1 to 3
+(version 1's assets are decoded on read, its rejections are ``unrecorded``; before 3, ``updated`` is
+unknown).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,7 +41,7 @@ from spectral_corpus.corpus_files import CorpusFiles
 from spectral_corpus.errors import SpectralCorpusError
 
 FORMAT_NAME = "spectral-corpus"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The oldest format version this software reads.
 OLDEST_READABLE = 1
 
@@ -273,6 +275,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("version", pa.string()),
             ("acquired", _UTC),
             ("processed", _UTC),
+            ("updated", _UTC),
             ("epsg", pa.int64()),
             ("width", pa.int64()),
             ("height", pa.int64()),
@@ -427,9 +430,18 @@ def read_table(files: CorpusFiles, key: str, name: str, format_version: int, col
         frame = pq.read_table(source, columns=columns).to_pandas()
     if "assets" in frame.columns:
         frame["assets"] = [_assets(value, format_version) for value in frame["assets"]]
+    if name == "scenes" and format_version < 3 and (columns is None or "updated" in columns):
+        frame.insert(
+            _after(frame, "processed"), "updated", pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+        )
     if name == "scenes" and format_version == 1 and "status" in frame.columns:
         frame["rejection"] = [None if status == "ok" else str(Rejection.UNRECORDED) for status in frame["status"]]
     return frame
+
+
+def _after(frame: Any, column: str) -> int:
+    """Where a column goes to stand right after ``column`` (at the end when that one was not read)."""
+    return int(frame.columns.get_loc(column)) + 1 if column in frame.columns else len(frame.columns)
 
 
 def _assets(value: Any, format_version: int) -> tuple[tuple[str, str], ...]:

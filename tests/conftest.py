@@ -185,7 +185,7 @@ def as_format_1(corpus: Path) -> Path:
     assets = [json.dumps(dict(pairs), sort_keys=True) for pairs in table["assets"].to_pylist()]
     column = table.schema.get_field_index("assets")
     table = table.set_column(column, pa.field("assets", pa.large_string()), pa.array(assets, pa.large_string()))
-    table = table.drop_columns(["rejection"])
+    table = table.drop_columns(["rejection", "updated"])
     path.unlink()
     pq.write_table(table, path)
     manifest = json.loads(layout.manifest(1).read_text())

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from pystac_client import Client
 
 from conftest import (
+    LATER,
     TEST_RULES,
     as_format_1,
     build,
@@ -26,6 +31,7 @@ from conftest import (
     sha256_file,
 )
 from spectral_corpus.catalog.query import SceneQuery
+from spectral_corpus.catalog.stac import search_parameters
 from spectral_corpus.catalog.synth import Example
 from spectral_corpus.corpus_format import FORMAT_VERSION
 from spectral_corpus.pipeline.build import BuildOptions, extend_corpus
@@ -35,6 +41,7 @@ from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unch
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
 from spectral_corpus.stages.failpoints import ENV
+from stac_server import StacServer
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +55,11 @@ def first_corpus(first_archive: Path, tmp_path_factory: pytest.TempPathFactory) 
     return build(first_archive, tmp_path_factory.mktemp("first_corpus") / "corpus")
 
 
-def _extend(corpus: Path, source: Path, **kwargs: object) -> RunResult:
+def _extend(corpus: Path, source: Path | str, query: SceneQuery | None = None, **kwargs: object) -> RunResult:
     options = BuildOptions(
         source=str(source),
         out=corpus,
-        query=SceneQuery(),
+        query=query or SceneQuery(),
         rules=TEST_RULES,
         scheduler=dask_scheduler(),
     )
@@ -345,3 +352,42 @@ def test_verify_finds_a_missing_shard_and_a_dangling_row(first_corpus: Path, tmp
     assert f"shard 1: file {reader.paths.shard_file(1)} is missing" in problems
     obs = int(observations.loc[0, "obs"])
     assert f"observation {obs}: location_id 999999 is not in the locations table" in problems
+
+
+def test_an_extension_from_a_stac_api_asks_only_for_what_changed(
+    example: Example, stac: StacServer, corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = json.loads(example.stac_items.read_text())["features"]
+    first = [item for item in items if not any(t in item["id"] for t in LATER)]
+    collection = {**json.loads(example.collection.read_text()), "id": "ENMAP_INCREMENTAL"}
+    stac.load(collection, first)
+    query = SceneQuery(collection="ENMAP_INCREMENTAL")
+    built = build(stac.url, tmp_path / "corpus", query=query)
+    mark = max(datetime.fromisoformat(item["properties"]["updated"]) for item in first)
+    assert CorpusReader(built).manifest.run["updated_until"] == mark.isoformat()
+
+    # the catalog lists the later scenes, last updated now: only they are asked for and sent
+    now = datetime.now(UTC).replace(microsecond=0)
+    later = [item for item in items if any(t in item["id"] for t in LATER)]
+    stac.load(
+        collection, [{**item, "properties": {**item["properties"], "updated": now.isoformat()}} for item in later]
+    )
+    with caplog.at_level(logging.INFO, logger="spectral_corpus.pipeline"):
+        result = _extend(built, stac.url, query)
+    assert isinstance(result, Published)
+    catalog = caplog.records[0].getMessage()
+    assert catalog == f"catalog     6 scenes (2 new to inspect, 2 changed since {mark:%Y-%m-%d %H:%M:%S} UTC)"
+    run = result.manifest.run
+    assert (run["updated_since"], run["updated_until"]) == (mark.isoformat(), now.isoformat())
+    assert run["query"] == SceneQuery(collection="ENMAP_INCREMENTAL").as_dict()  # the query as asked
+    got, want = patch_content(built), patch_content(corpus)  # as a fresh build over every scene
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+    # a server that offers CQL2's temporal functions is asked for exactly these (this one has them, unannounced)
+    parameters = search_parameters(replace(query, updated_since=now), 100, cql2=True, temporal=True)
+    found = Client.open(stac.url).search(**parameters).items_as_dicts()
+    assert sorted(item["id"] for item in found) == sorted(item["id"] for item in later)
+
+    # asked again: only the two scenes updated at the mark come back, and they are known
+    assert _extend(built, stac.url, query) == Unchanged(version=2)
+    assert _extend(built, stac.url, query, incremental=False) == Unchanged(version=2)  # --full: every scene

@@ -8,6 +8,7 @@ import math
 import re
 import zipfile
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,8 @@ def test_real_stac_item_gives_the_archive_record(tmp_path: Path) -> None:
     assert from_stac.epsg == 32736  # proj:epsg is null on the item, set on its assets
     assert from_stac.asset_map["pixelmask"].endswith("-QL_PIXELMASK_COG.TIF")  # DLR's key defective_pixel_mask
     assert from_stac.asset_map["quality_cloudshadow"].endswith("-QL_QUALITY_CLOUDSHADOW_COG.TIF")
-    assert replace(from_stac, source="") == replace(from_archive, source="")
+    assert from_stac.updated == datetime(2024, 7, 1, 17, 10, 34, 815000, tzinfo=UTC)  # the item's "updated"
+    assert replace(from_stac, source="", updated=None) == replace(from_archive, source="")  # a folder: unknown
     assert (from_archive.width, from_archive.height) == (1517, 1220)
     assert from_archive.wavelengths_nm[0] == pytest.approx(418.416)  # this scene's own band centre
 
