@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     extend.add_argument("--source", required=True, help="STAC API URL, static STAC JSON file, or product directory")
     _add_query_options(extend)
     extend.add_argument("--dry-run", action="store_true", help="print what would be added; write nothing")
+    extend.add_argument(
+        "--full",
+        action="store_true",
+        help="ask a STAC API for every scene, not only those changed since the corpus last read it",
+    )
     extend.add_argument("--workers", type=int, default=2)
     extend.add_argument("--scheduler")
     extend.add_argument("--quiet", action="store_true")
@@ -149,7 +154,42 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     export.add_argument("dest", type=Path)
     export.add_argument("--version", type=int)
+    export.add_argument("--split", choices=("train", "val", "test"), help="export this split only (default: all)")
+    export.add_argument(
+        "--compress",
+        choices=("none", "deflate", "zstd"),
+        default="none",
+        help="lossless compression of the GeoTIFFs (default none, as the published files)",
+    )
+    export.add_argument(
+        "--tiled", action=argparse.BooleanOptionalAction, default=False, help="write tiles instead of strips"
+    )
+    export.add_argument("--tile-size", type=int, default=128, help="tile edge in pixels with --tiled (default 128)")
     export.set_defaults(run=_export)
+
+    importer = commands.add_parser(
+        "import-spectralearth", help="read a SpectralEarth GeoTIFF tree (published or exported) into a new corpus"
+    )
+    importer.add_argument("source", type=Path, help="the dataset folder holding enmap/<location>/<scene>.tif")
+    importer.add_argument("--out", required=True, type=corpus_root)
+    importer.add_argument(
+        "--index", type=Path, help="index table (Parquet or CSV; default SOURCE/index.parquet when present)"
+    )
+    defaults = Rules()
+    importer.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
+    importer.add_argument(
+        "--split-block-cells",
+        type=int,
+        default=defaults.split_block_cells,
+        help="for locations the source gives no split: side of the blocks of cells that share one (default 16)",
+    )
+    importer.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    importer.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    importer.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    importer.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    importer.add_argument("--scheduler", help="address of an existing Dask scheduler (instead of a local cluster)")
+    importer.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
+    importer.set_defaults(run=_import_spectralearth)
     return parser
 
 
@@ -265,7 +305,7 @@ def _extend(args: argparse.Namespace) -> int:
     from spectral_corpus.pipeline.build import extend_corpus
 
     options = _source_options(args, args.corpus, Rules())  # the rules are replaced by the corpus's own
-    result = extend_corpus(options, dry_run=args.dry_run)
+    result = extend_corpus(options, dry_run=args.dry_run, incremental=not args.full)
     if isinstance(result, DryRun):
         print(json.dumps({"dry_run": True, **asdict(result)}, indent=2))
     elif isinstance(result, Unchanged):
@@ -341,11 +381,37 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from spectral_corpus.pipeline.export import export_spectralearth
+    from spectral_corpus.pipeline.export import GeoTiffOptions, export_spectralearth
     from spectral_corpus.pipeline.reader import CorpusReader
+    from spectral_corpus.pipeline.spectralearth_layout import INDEX_FILE, SENSOR_DIR
 
-    count = export_spectralearth(CorpusReader(args.corpus, args.version), args.dest, progress=args.progress)
-    print(f"wrote {count} patches to {args.dest / 'enmap'}")
+    options = GeoTiffOptions(compress=args.compress, tiled=args.tiled, tile_size=args.tile_size)
+    reader = CorpusReader(args.corpus, args.version)
+    count = export_spectralearth(reader, args.dest, progress=args.progress, split=args.split, options=options)
+    print(f"wrote {count} patches to {args.dest / SENSOR_DIR} and their index to {args.dest / INDEX_FILE}")
+    return 0
+
+
+def _import_spectralearth(args: argparse.Namespace) -> int:
+    from spectral_corpus.pipeline.spectralearth_import import ImportOptions, import_spectralearth
+
+    rules = Rules(
+        shard_size=args.shard_size,
+        split_block_cells=args.split_block_cells,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+    )
+    options = ImportOptions(
+        source=args.source,
+        out=args.out,
+        index=args.index,
+        rules=rules,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=args.progress,
+    )
+    print(_published(args.out, import_spectralearth(options).manifest))
     return 0
 
 
