@@ -5,6 +5,7 @@ Cheap and global: works on the candidate table only (one row per cell of every i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -88,37 +89,76 @@ def _mark_zone_overlaps(table: pd.DataFrame, min_share: float) -> None:
 
 
 def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
-    """The cells (``epsg, ix, iy``) that overlap a cell of another zone whose meridian is nearer."""
+    """The cells (``epsg, ix, iy``) that overlap a cell of another zone whose meridian is nearer.
+
+    Footprints astride 180 degrees run past it (``cell_footprints``); each is also looked at one turn of
+    the globe west or east, so that cells of zones 60 and 1 meet where they touch.
+    """
     if cells["epsg"].nunique() < 2:
         return cells.iloc[0:0][KEY]
     footprints = cell_footprints(cells)
-    pairs = gpd.sjoin(footprints, footprints, predicate="intersects")
-    pairs = pairs[pairs["epsg_left"] < pairs["epsg_right"]]
+    pairs = _overlapping_pairs(footprints)
     losers = []
-    for left, right in zip(pairs.index, pairs["index_right"], strict=True):
+    for left, right, overlap in pairs:
         a, b = footprints.loc[left], footprints.loc[right]
-        overlap = a.geometry.intersection(b.geometry)
         if _share_of_cell(overlap, int(a["epsg"])) <= min_share:
             continue
-        lon = overlap.centroid.x
-        a_far = abs(lon - central_meridian(int(a["epsg"]))) > abs(lon - central_meridian(int(b["epsg"])))
+        lon = (overlap.centroid.x + 180.0) % 360.0 - 180.0
+        a_far = _degrees_apart(lon, central_meridian(int(a["epsg"]))) > _degrees_apart(
+            lon, central_meridian(int(b["epsg"]))
+        )
         losers.append(a if a_far else b)
     if not losers:
         return cells.iloc[0:0][KEY]
     return pd.DataFrame(losers)[KEY].drop_duplicates().astype("int64").reset_index(drop=True)
 
 
+def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> list[tuple[int, int, shapely.Geometry]]:
+    """Pairs of footprints of different zones that intersect (left's EPSG code below right's), with the
+    overlap, the globe's longitudes wrapped."""
+    turned = []
+    for turn in (-360.0, 360.0):  # copies of the cells near 180 degrees, one turn away
+        near = footprints.bounds["maxx"] > 180.0 if turn < 0 else footprints.bounds["minx"] < -174.0
+        moved = footprints[near].copy()
+        moved.geometry = shapely.transform(moved.geometry.to_numpy(), lambda xy, t=turn: xy + np.array([t, 0.0]))
+        turned.append(moved)
+    everywhere = pd.concat([footprints, *turned])
+    everywhere["cell"] = everywhere.index
+    joined = gpd.sjoin(everywhere.reset_index(drop=True), footprints, predicate="intersects")
+    joined = joined[joined["epsg_left"] < joined["epsg_right"]]
+    pairs: dict[tuple[int, int], shapely.Geometry] = {}
+    for left, right, geometry in zip(joined["cell"], joined["index_right"], joined.geometry, strict=True):
+        overlap = geometry.intersection(footprints.geometry.loc[right])
+        if not overlap.is_empty:
+            pairs.setdefault((int(left), int(right)), overlap)
+    return [(left, right, overlap) for (left, right), overlap in pairs.items()]
+
+
+def _degrees_apart(lon: float, meridian: float) -> float:
+    return abs((lon - meridian + 180.0) % 360.0 - 180.0)
+
+
 def cell_footprints(cells: pd.DataFrame) -> gpd.GeoDataFrame:
-    """Cell outlines in lon/lat (densified), one row per ``epsg, ix, iy``."""
-    geometries = []
+    """Cell outlines in lon/lat (densified), one row per ``epsg, ix, iy``, in ``cells``' order and index.
+
+    A cell astride 180 degrees runs past it (longitudes above 180), so that every outline is valid.
+    """
+    template = cell_polygon_xy(0, 0) - np.array(cell_origin(0, 0))
+    rings = np.empty((len(cells), len(template), 2))
     for epsg, group in cells.groupby("epsg", sort=False):
-        to_lonlat = Transformer.from_crs(int(epsg), 4326, always_xy=True)
-        for ix, iy in zip(group["ix"], group["iy"], strict=True):
-            ring = cell_polygon_xy(int(ix), int(iy))
-            lon, lat = to_lonlat.transform(ring[:, 0], ring[:, 1])
-            geometries.append((epsg, ix, iy, shapely.Polygon(np.column_stack([lon, lat]))))
-    frame = pd.DataFrame(geometries, columns=[*KEY, "geometry"])
-    return gpd.GeoDataFrame(frame[KEY], geometry=frame["geometry"].to_list(), crs="EPSG:4326")
+        rows = cells.index.get_indexer(group.index)
+        origins = np.array([cell_origin(ix, iy) for ix, iy in zip(group["ix"], group["iy"], strict=True)], float)
+        corners = (origins[:, None, :] + template[None, :, :]).reshape(-1, 2)
+        lon, lat = _to_lonlat(int(epsg)).transform(corners[:, 0], corners[:, 1])
+        rings[rows] = np.column_stack([lon, lat]).reshape(len(group), len(template), 2)
+    astride = rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1) > 180.0
+    rings[astride, :, 0] = np.where(rings[astride, :, 0] < 0, rings[astride, :, 0] + 360.0, rings[astride, :, 0])
+    return gpd.GeoDataFrame(cells[KEY], geometry=shapely.polygons(rings), crs="EPSG:4326", index=cells.index)
+
+
+@functools.lru_cache(maxsize=128)
+def _to_lonlat(epsg: int) -> Transformer:
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
 def _share_of_cell(overlap_lonlat: shapely.Geometry, epsg: int) -> float:

@@ -9,7 +9,7 @@ from pyproj import CRS
 
 from spectral_corpus.stages.grid import CELL_M, GridError, cell_origin, cell_windows, central_meridian, check_lattice
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS
-from spectral_corpus.stages.plan import plan_corpus, zone_overlap_losers
+from spectral_corpus.stages.plan import cell_footprints, plan_corpus, zone_overlap_losers
 from spectral_corpus.stages.rules import Rules
 
 
@@ -119,6 +119,21 @@ def test_zone_overlap_keeps_the_zone_with_the_nearer_central_meridian(lon: float
     losers = zone_overlap_losers(cells, 0.01)
     assert losers["epsg"].tolist() == [loser]
     assert zone_overlap_losers(cells, 1.0).empty  # no overlap is more than a whole cell
+
+
+@pytest.mark.parametrize(("lon", "loser"), [(179.9, 32601), (179.99, 32601), (-179.99, 32660), (-179.9, 32660)])
+def test_zone_overlap_across_180_degrees_keeps_the_nearer_zone(lon: float, loser: int) -> None:
+    cells = pd.DataFrame([(epsg, *_cell_at(epsg, lon, 65.0)) for epsg in (32660, 32601)], columns=["epsg", "ix", "iy"])
+    assert zone_overlap_losers(cells, 0.01)["epsg"].tolist() == [loser]
+
+
+def test_a_cell_astride_180_degrees_runs_past_it() -> None:
+    cells = pd.DataFrame([(32660, *_cell_at(32660, 180.0, 65.0))], columns=["epsg", "ix", "iy"])
+    (footprint,) = cell_footprints(cells).geometry
+    assert footprint.is_valid and footprint.bounds[0] < 180.0 < footprint.bounds[2] < 180.1
+    assert footprint.area == pytest.approx(
+        cell_footprints(cells.assign(ix=cells["ix"] - 3)).geometry.iloc[0].area, 0.01
+    )
 
 
 def test_cells_far_apart_in_two_zones_are_both_kept() -> None:
