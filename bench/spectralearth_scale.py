@@ -1033,10 +1033,10 @@ def client_at_scale(n_scenes: int, seed: int, root: Path) -> dict[str, Any]:
         _write_markers(files, added, n_bands, np.random.default_rng(seed))
         setup["markers_written_s"] = time.perf_counter() - started
         with steps.step("gather shard markers (build._materialize)"):
-            shards, failures = build_module._materialize(None, files, scenes, added, RULES, None)
+            shards, written, failures = build_module._materialize(None, files, scenes, added, RULES, None)
             assert not failures
         with steps.step("moments (build._moments)"):
-            moments = build_module._moments(None, files, plan.observations, None, n_bands, None)
+            moments = build_module._moments(None, files, plan.observations, None, n_bands, None, written)
         with steps.step("commit (build._commit)"):
             manifest = build_module._commit(files, options, None, 1, scenes, plan, shards, moments)
         with steps.step("remove work state"):

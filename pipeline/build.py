@@ -186,7 +186,7 @@ def _update(
                 log.info(f"unchanged   nothing new; version {base.version} stays current")
                 return Unchanged(base.version)
             _prepare_array(files, plan, base, options.rules)
-            shards, failures = _materialize(client, files, scenes, added, options.rules, options.progress)
+            shards, written, failures = _materialize(client, files, scenes, added, options.rules, options.progress)
             if not failures:
                 break
             work.record_read_failures(_products_of(scenes, failures))
@@ -195,7 +195,7 @@ def _update(
                 pd.concat([base.table("shards"), shards], ignore_index=True) if len(shards) else base.table("shards")
             )
         n_bands = len(selected_bands(options.rules.bands))
-        moments = _moments(client, files, plan.observations, base, n_bands, options.progress)
+        moments = _moments(client, files, plan.observations, base, n_bands, options.progress, written)
     failpoint("before-commit")
     lease.confirm()
     manifest = _commit(files, options, base, version, scenes, plan, shards, moments)
@@ -387,8 +387,9 @@ def _materialize(
     added: pd.DataFrame,
     rules: Rules,
     progress: Progress | None,
-) -> tuple[pd.DataFrame, dict[str, tuple[Rejection, str]]]:
-    """Write every new shard that has no marker yet: the new shards' table and the unreadable images."""
+) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, tuple[Rejection, str]]]:
+    """Write every new shard that has no marker yet: the new shards' table, the band moments their tasks
+    took of the training patches (from the markers, read once), and the unreadable images."""
     observations = added.assign(href=added["product"].map(_image_hrefs(scenes)), train=added["split"] == "train")
     if isinstance(files, LocalFiles):
         for leftover in (files.path / ZARR).rglob("*.partial"):
@@ -404,9 +405,12 @@ def _materialize(
     done = run_tasks(client, tasks, "materialize", progress)
     failures = {r["href"]: (Rejection(r["rejection"]), r["reason"]) for r in done if r is not None}
     if failures:
-        return pd.DataFrame(), failures
-    results = [ShardResult(**_marker(files, int(s))[0]) for s in sorted(groups)]
-    return pd.DataFrame([asdict(r) for r in results], columns=list(ShardResult.__dataclass_fields__)), {}
+        return pd.DataFrame(), [], failures
+    markers = [_marker(files, int(s)) for s in sorted(groups)]
+    table = pd.DataFrame(
+        [asdict(ShardResult(**fields)) for fields, _ in markers], columns=list(ShardResult.__dataclass_fields__)
+    )
+    return table, [moments for _, moments in markers], {}
 
 
 def _written_shards(files: CorpusFiles) -> set[int]:
@@ -437,15 +441,15 @@ def _moments(
     base: CorpusReader | None,
     n_bands: int,
     progress: Progress | None,
+    written: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Per-shard band moments of the training split; shards whose training patches did not change reuse
-    the previous version's moments, the others are computed, one task per shard."""
+    the previous version's moments, and those just ``written`` the moments their tasks took; the others
+    are computed, one task per shard."""
     train = observations[observations["split"] == "train"]
     groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
     keys = {s: moments_key(obs) for s, obs in groups.items()}
     known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
-    markers = _written_shards(files)
-    written = [_marker(files, s)[1] for s in groups if s in markers]
     if written:  # computed from the patches while they were written: no second read
         fresh_rows = pd.DataFrame(written).set_index("key")
         known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])

@@ -170,10 +170,13 @@ def _share_of_cell(overlap_lonlat: shapely.Geometry, epsg: int) -> float:
 
 
 def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.GeoDataFrame:
-    """Known cells keep their ``location_id``; new cells get the next ids in key order."""
+    """Known cells keep their ``location_id`` (and their outline, when ``known`` has one: only new cells'
+    are reprojected); new cells get the next ids in key order."""
     cells = kept[KEY].drop_duplicates().sort_values(KEY)
-    known = known[["location_id", *KEY]] if known is not None else pd.DataFrame(columns=["location_id", *KEY])
-    cells = cells.merge(known.astype("int64"), on=KEY, how="left")
+    if known is None:
+        known = pd.DataFrame(columns=["location_id", *KEY])
+    outlines = known.set_index(KEY).geometry if isinstance(known, gpd.GeoDataFrame) else None
+    cells = cells.merge(known[["location_id", *KEY]].astype("int64"), on=KEY, how="left").reset_index(drop=True)
     new = cells["location_id"].isna()
     start = int(known["location_id"].max()) + 1 if len(known) else 0
     cells.loc[new, "location_id"] = np.arange(start, start + int(new.sum()))
@@ -181,9 +184,12 @@ def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.Geo
     origin = np.array([cell_origin(ix, iy) for ix, iy in zip(cells["ix"], cells["iy"], strict=True)]).reshape(-1, 2)
     cells["x"] = origin[:, 0] + CELL_M / 2
     cells["y"] = origin[:, 1] - CELL_M / 2
-    footprints = cell_footprints(cells)
-    located = cells.reset_index(drop=True)
-    return gpd.GeoDataFrame(located, geometry=footprints.geometry.to_list(), crs="EPSG:4326")
+    geometry = pd.Series(None, index=cells.index, dtype=object)
+    if outlines is not None:
+        geometry[~new] = outlines.reindex(pd.MultiIndex.from_frame(cells.loc[~new, KEY])).to_numpy()
+    missing = geometry.isna()
+    geometry[missing] = cell_footprints(cells.loc[missing, KEY]).geometry.to_numpy()
+    return gpd.GeoDataFrame(cells, geometry=geometry.to_list(), crs="EPSG:4326")
 
 
 def _layout(

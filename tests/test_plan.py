@@ -153,3 +153,15 @@ def test_location_ids_are_stable_and_new_cells_get_new_ids() -> None:
     assert plan.observations["obs"].tolist() == [6, 7, 8, 9]
     assert plan.observations["shard"].tolist() == [2, 2, 2, 3]
     assert plan.observations["slot"].tolist() == [0, 1, 2, 0]
+
+
+def test_known_cells_keep_their_outline_and_new_cells_get_theirs() -> None:
+    candidates = pd.DataFrame([_candidate("a", ix, 0) for ix in range(3)])
+    scenes = _scenes(("a", 1, 1, "2023-06-29"))
+    fresh = plan_corpus(candidates, scenes, Rules()).locations
+    known = fresh.iloc[[1]].copy()
+    replanned = plan_corpus(candidates, scenes, Rules(), known_locations=known).locations
+    assert replanned.geometry.geom_equals_exact(fresh.geometry, tolerance=0).all()  # as reprojected afresh
+    known.geometry = known.geometry.translate(1.0, 0.0)  # an outline the plan could not have made itself
+    reused = plan_corpus(candidates, scenes, Rules(), known_locations=known).locations.set_index("ix").geometry
+    assert reused[1].equals(known.geometry.iloc[0]) and reused[0].equals(fresh.set_index("ix").geometry[0])
