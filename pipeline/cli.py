@@ -145,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_info)
 
+    report = commands.add_parser("report", help="write a self-contained HTML page of figures about a corpus")
+    report.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
+    report.add_argument("--out", required=True, type=Path, help="folder to write index.html into")
+    report.add_argument("--version", type=int, help="a published version (default: current)")
+    report.set_defaults(run=_report)
+
     verify = commands.add_parser("verify", help="recompute shard checksums and cross-check tables and store")
     verify.add_argument("corpus", type=corpus_root, help="a corpus folder or object-store URL (s3://bucket/prefix)")
     verify.add_argument("--version", type=int)
@@ -360,6 +366,15 @@ def _info(args: argparse.Namespace) -> int:
 
     summary = corpus_summary(CorpusReader(args.corpus, args.version))
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from spectral_corpus.pipeline.reader import CorpusReader
+    from spectral_corpus.pipeline.report import write_report
+
+    page = write_report(CorpusReader(args.corpus, args.version), args.out)
+    print(f"wrote {page}")
     return 0
 
 
