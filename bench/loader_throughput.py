@@ -13,7 +13,9 @@ one run measures:
    batch_size, ShardAwareSampler(...), num_workers=W, persistent_workers=W > 0)`` exactly as shipped:
    workers decode whole batches of int16 counts into the shared ring; normalisation belongs to the
    accelerator (the trainer passes ``device``), so it is not timed here. W = 0 (reference) and each
-   ``--workers`` value;
+   ``--workers`` value; and, at the same W in the same run, *ours normalised*: the same loader over a
+   dataset with ``normalize=True`` and no ``device`` (float32 batches on the CPU; where the loader
+   normalises them, in its workers or in the main process, is recorded as ``normalised_in``);
 2. *the SpectralEarth layout*: a torch dataset over ``DEST/enmap/<location>/<scene>.tif`` that reads
    each item the way the published dataset classes do (torchgeo's ``HySpecNet11k``, the SpectralEarth
    authors' ``SpectralEarthDataset``): ``rasterio.open`` the file, ``read()`` every band, cast to
@@ -34,10 +36,8 @@ one run measures:
 5. a per-stage profile of a worker's batch in one process (pread, decode, float32 cast,
    normalisation, ``default_collate``'s stack into fresh shared memory) to show where the time goes;
 6. unless ``--no-variants``, for W > 0: our loader with a consumer that copies every batch once into
-   a reused buffer (what the pin-memory thread does on a GPU machine); our loader over a normalising
-   dataset without ``device``, which normalises each batch to float32 in the main process on the
-   CPU; and the plain per-item path, ``DataLoader(CorpusDataset(..., normalize=True), sampler=...)``
-   with ``default_collate``.
+   a reused buffer (what the pin-memory thread does on a GPU machine); and the plain per-item path,
+   ``DataLoader(CorpusDataset(..., normalize=True), sampler=...)`` with ``default_collate``.
 
 Every loader is timed after a warm-up epoch (which also starts its persistent workers), over
 ``--repeats`` blocks of ``--epochs`` epochs; the median block is reported. The page cache is warm
@@ -306,11 +306,7 @@ class ChunkSource:
         """The inner chunk of observation ``obs``."""
         shard, slot = divmod(int(obs), self.shard_size)
         offset, nbytes = self.reader._index(shard)[slot]
-        fd = os.open(self.reader._shard_path(shard), os.O_RDONLY)
-        try:
-            return os.pread(fd, int(nbytes), int(offset))
-        finally:
-            os.close(fd)
+        return self.reader.files.read_range(corpus_format.shard_key(shard), int(offset), int(nbytes))  # one os.pread
 
     def decode(self, data: bytes, out: np.ndarray) -> None:
         """Decode one chunk into ``out`` (contiguous int16, the patch shape)."""
@@ -580,7 +576,8 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
     shared-memory float32 batch (page faults alone, no source to copy); ``shm_write_float32_reused``:
     filling one allocated (and faulted) once; ``anon_write_float32``: filling a fresh ordinary tensor;
     ``read_batch_into_ring``: what a :class:`PatchLoader` worker does, ``CorpusDataset.read_batch`` of
-    raw counts into a reused int16 batch buffer (metadata included).
+    raw counts into a reused int16 batch buffer (metadata included); ``read_batch_normalised_into_ring``
+    (when the loader normalises in its workers): the same into a reused float32 buffer, normalised.
     """
     _, source = chunk_bytes(dataset)
     obs = np.asarray(dataset._obs).tolist()
@@ -598,6 +595,8 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
     reused.fill_(0)
     raw = CorpusDataset(dataset.root, split=None, unit="observation", normalize=False)
     ring = np.zeros((batch_size, *source.shape), dtype=np.int16)
+    in_workers = normalised_in(dataset) == "workers"
+    ring_float = np.zeros((batch_size, *source.shape), dtype=np.float32) if in_workers else None
     try:
         for _ in range(repeats):
             floats: list[torch.Tensor] = []
@@ -639,9 +638,19 @@ def profile_item(dataset: CorpusDataset, batch_size: int, repeats: int) -> dict[
                 t = time.perf_counter()
                 raw.read_batch(range(start, start + batch_size), {"image": ring})
                 record("read_batch_into_ring", t, batch_size)
+                if ring_float is not None:
+                    t = time.perf_counter()
+                    raw.read_batch(range(start, start + batch_size), {"image": ring_float})
+                    record("read_batch_normalised_into_ring", t, batch_size)
     finally:
         numcodecs.blosc.set_nthreads(threads)
     return {name: round(statistics.median(values), 3) for name, values in steps.items()}
+
+
+def normalised_in(dataset: CorpusDataset) -> str:
+    """Where a ``PatchLoader`` without ``device`` normalises: "workers" (into a float32 ring) or "main"."""
+    loader = PatchLoader(dataset, 1)  # a two-slot ring of one patch: cheap
+    return "workers" if getattr(loader, "normalises_in_workers", False) else "main"
 
 
 def _stack_shared(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -664,6 +673,7 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
     results = []
     for w in worker_counts:
         results.append(measure_patch_loader("ours", raw, w, args))
+        results.append(measure_patch_loader("ours_normalised", normalised, w, args))
         random_sampler, set_epoch = seeded_random_sampler(len(spectralearth))
         make: Callable[[], Batches] = partial(data_loader, spectralearth, random_sampler, w, size)
         results.append(measure("spectralearth_geotiff", w, make, set_epoch, args))
@@ -678,7 +688,6 @@ def loaders(args: argparse.Namespace, data: BenchData, files: Sequence[Path]) ->
         return results
     for w in [w for w in worker_counts if w > 0]:
         results.append(measure_patch_loader("ours_main_copies_batch", raw, w, args, CopyOut()))
-        results.append(measure_patch_loader("ours_normalised_in_main", normalised, w, args))
         sampler = ShardAwareSampler(normalised, seed=0)
         make = partial(data_loader, normalised, sampler, w, size)
         results.append(measure("items_default_collate", w, make, sampler.set_epoch, args))
@@ -720,6 +729,10 @@ def ratios(
             "vs_spectralearth": round(ours / spectralearth, 3),
             "vs_decode_limit": round(ours / limit, 3),
         }
+        normalised = by_key.get(("ours_normalised", w))
+        if normalised is not None:
+            row["ours_normalised"] = round(normalised, 2)
+            row["normalised_vs_raw"] = round(normalised / ours, 3)
         row["meets_spectralearth_target"] = row["vs_spectralearth"] >= TARGET_VS_SPECTRALEARTH
         row["meets_decode_target"] = row["vs_decode_limit"] >= TARGET_VS_DECODE_LIMIT
         row["others"] = {
@@ -759,10 +772,15 @@ def print_table(results: Sequence[LoaderResult], lim: dict[str, Any], rat: dict[
         ok_se = "ok" if row["meets_spectralearth_target"] else "MISSED"
         ok_dec = "ok" if row["meets_decode_target"] else "MISSED"
         print(f"{count}  {row['vs_spectralearth']:6.2f} {ok_se:<30}{row['vs_decode_limit']:6.2f} {ok_dec}")
+    print("\nW  ours normalised (float32, no device) / ours raw (int16), samples/s")
+    for count, row in rat.items():
+        if "normalised_vs_raw" in row:
+            print(f"{count}  {row['normalised_vs_raw']:6.2f}  ({row['ours_normalised']:.1f} / {row['ours']:.1f})")
 
 
 METHOD_ORDER = (
     "ours",
+    "ours_normalised",
     "spectralearth_geotiff",
     "spectralearth_geotiff_band_interleaved",
     "webdataset_npy",
@@ -869,6 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sharing_strategy": torch.multiprocessing.get_sharing_strategy(),
         "worker_start_method": torch.multiprocessing.get_start_method(),
         "page_cache": PAGE_CACHE,
+        "normalised_in": normalised_in(ours),
         "main_process_consumer": "counts samples only (pixels untouched) unless the method says otherwise",
         "geotiff_layout": geotiff_layout(files[0]),
         "geotiff_layout_band_copy": geotiff_layout(band_files[0]),

@@ -6,6 +6,7 @@ import gc
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -147,7 +148,90 @@ def test_patch_loader_batches_equal_the_items(
             image_type = torch.float32 if normalize else torch.int16
             assert batch["image"].dtype == image_type
     side = 64 if transforms else 128
-    assert loader.ring_bytes == views * (2 * workers + 2) * 3 * 202 * side * side * 2
+    item_bytes = 4 if normalize else 2  # without an accelerator the workers normalise into a float32 ring
+    assert loader.ring_bytes == views * (2 * workers + 2) * 3 * 202 * side * side * item_bytes
+
+
+def cloned(loader: PatchLoader) -> list[dict[str, torch.Tensor]]:
+    """Every batch of one pass, copied as drawn (batches without an accelerator are views into the ring)."""
+    return [{key: value.clone() for key, value in batch.items()} for batch in loader]
+
+
+def bits(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The float32 values as their bit patterns, so that equality means bit for bit (-0.0 != 0.0)."""
+    values = image.numpy() if isinstance(image, torch.Tensor) else image
+    assert values.dtype == np.float32
+    return values.view(np.int32)
+
+
+@pytest.mark.parametrize(
+    ("unit", "views", "transforms", "bands"),
+    [
+        ("observation", 1, None, None),  # stored patches, decoded into the worker's reused buffer
+        ("observation", 1, None, [201, 0, 57]),  # a band selection
+        ("location", 2, AUGMENT, None),  # two dates, transformed counts
+    ],
+)
+def test_normalised_batches_from_0_1_and_2_workers_equal_raw_ones_normalised_by_hand(
+    corpus: Path, unit: str, views: int, transforms: Compose | None, bands: list[int] | None
+) -> None:
+    stats = CorpusReader(corpus).manifest.stats
+    chosen = list(range(len(stats.mean))) if bands is None else bands
+    # the manifest's statistics as the loader applies them: float32 (count - mean) * (1 / std)
+    mean = np.asarray(stats.mean, dtype=np.float32)[chosen].reshape(-1, 1, 1)
+    inv_std = (1 / np.asarray(stats.std, dtype=np.float32)[chosen]).reshape(-1, 1, 1)
+    mean64, std64 = (np.asarray(v, dtype=np.float64)[chosen].reshape(-1, 1, 1) for v in (stats.mean, stats.std))
+    options: dict[str, Any] = {"split": None, "unit": unit, "views": views, "transforms": transforms, "bands": bands}
+    raw = CorpusDataset(corpus, normalize=False, **options)
+    raw_batches = cloned(PatchLoader(raw, 3, ShardAwareSampler(raw, seed=4)))
+    passes = {}
+    for workers in (0, 1, 2):
+        dataset = CorpusDataset(corpus, **options)
+        loader = PatchLoader(dataset, 3, ShardAwareSampler(dataset, seed=4), num_workers=workers)
+        assert loader.normalises_in_workers
+        passes[workers] = cloned(loader)
+    for workers, batches in passes.items():
+        assert len(batches) == len(raw_batches) > 1
+        for batch, counts, first in zip(batches, raw_batches, passes[0], strict=True):
+            assert torch.equal(batch["obs"], counts["obs"]) and torch.equal(batch["location_id"], counts["location_id"])
+            for key in raw.view_keys:
+                assert counts[key].dtype == torch.int16 and batch[key].dtype == torch.float32
+                by_hand = (counts[key].numpy().astype(np.float32) - mean) * inv_std
+                np.testing.assert_array_equal(bits(batch[key]), bits(by_hand), err_msg=f"{workers} workers, {key}")
+                np.testing.assert_array_equal(bits(batch[key]), bits(first[key]))  # the same as in-process
+                formula = (counts[key].numpy() - mean64) / std64  # (DN - mean) / std, in float64
+                np.testing.assert_allclose(batch[key].numpy(), formula, rtol=1e-6, atol=1e-6)
+
+
+def test_normalised_batches_hold_the_stored_counts_normalised_at_known_pixels(corpus: Path) -> None:
+    reader = CorpusReader(corpus)
+    stats = reader.manifest.stats
+    dataset = CorpusDataset(corpus, split=None, unit="observation")
+    loader = PatchLoader(dataset, 4, ShardAwareSampler(dataset, shuffle=False), num_workers=2)
+    pixels = [(0, 0, 0), (57, 64, 3), (100, 5, 120), (201, 127, 127)]  # (band, row, col)
+    seen = 0
+    for batch in loader:
+        for k, obs in enumerate(batch["obs"].tolist()):
+            patch = reader.read_patch(obs)  # through zarr-python, not the loader's reader
+            for band, row, col in pixels:
+                count, value = int(patch[band, row, col]), batch["image"][k, band, row, col].item()
+                mean, std = np.float32(stats.mean[band]), np.float32(stats.std[band])
+                assert value == float((np.float32(count) - mean) * (np.float32(1) / std)), (obs, band, row, col)
+                assert value == pytest.approx((count - stats.mean[band]) / stats.std[band], rel=1e-6, abs=1e-6)
+            seen += 1
+    assert seen == len(dataset)
+
+
+def test_with_an_accelerator_the_ring_keeps_counts_and_the_device_normalises(corpus: Path) -> None:
+    dataset = CorpusDataset(corpus, split=None, unit="observation")
+    raw = CorpusDataset(corpus, split=None, unit="observation", normalize=False)
+    loader = PatchLoader(dataset, 3, ShardAwareSampler(dataset, shuffle=False), device="meta")  # a device, no GPU
+    assert not loader.normalises_in_workers
+    assert loader.ring_bytes == PatchLoader(raw, 3).ring_bytes  # int16, half a normalising CPU loader's
+    batch = next(iter(loader))
+    assert batch["image"].device.type == "meta" and batch["image"].dtype == torch.float32
+    with pytest.raises(TypeError, match="as int16 counts or normalised float32, not float64"):
+        dataset.read_batch([0], {"image": np.zeros((1, 202, 128, 128), dtype=np.float64)})
 
 
 def assert_images(batch: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:

@@ -2,9 +2,10 @@
 
 The index (observations of the split, grouped by location) is built once from the version's
 observations table; ``__getitem__`` makes one Zarr read per view and never lists directories.
-``read_batch`` fills caller-owned buffers with a whole batch of raw counts (what
-:class:`training.loader.PatchLoader` uses). Each process (every DataLoader worker) makes its own
-patch reader (``training.shards``); in a worker blosc decodes on the worker's own thread.
+``read_batch`` fills caller-owned buffers with a whole batch, as raw int16 counts or as normalised
+float32 (what :class:`training.loader.PatchLoader`'s workers do). Each process (every DataLoader
+worker) makes its own patch reader (``training.shards``); in a worker blosc decodes on the worker's
+own thread.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         self._inv_std = 1 / np.maximum(np.asarray(stats.std, dtype=np.float32)[self.bands], 1e-6).reshape(-1, 1, 1)
         self._normalize = Normalize(self._mean, self._inv_std)  # the same arithmetic as PatchLoader's
         self._reader: PatchReader | None = None
+        self._patch_buffer: np.ndarray | None = None
         self._pid = -1
 
     def __len__(self) -> int:
@@ -104,17 +106,29 @@ class CorpusDataset(Dataset[dict[str, Any]]):
         return sample
 
     def read_batch(self, indices: Sequence[int], out: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Write the raw int16 counts of the items at ``indices`` into ``out[key][k]`` for each view key.
+        """Write the images of the items at ``indices`` into ``out[key][k]`` for each view key.
 
-        The items are those ``__getitem__`` gives (same dates, same transforms) before normalisation;
-        see :meth:`normalizer`. Returns the batch's other keys, stacked as ``default_collate`` would.
+        The items are those ``__getitem__`` gives (same dates, same transforms). An int16 ``out[key]``
+        receives the raw counts; a float32 one the counts normalised with the corpus statistics, patch
+        by patch as each is decoded (:meth:`normalizer`'s arithmetic: bit for bit what ``__getitem__``
+        gives with ``normalize=True``), whatever this dataset's ``normalize``. Returns the batch's
+        other keys, stacked as ``default_collate`` would.
         """
+        for key in self.view_keys:
+            if out[key].dtype not in (np.int16, np.float32):
+                raise TypeError(
+                    f"read_batch writes {key!r} as int16 counts or normalised float32, not {out[key].dtype}"
+                )
         first_rows = []
         for k, index in enumerate(indices):
             rows, generator = self._draw(index)
             first_rows.append(rows[0])
             for key, row in zip(self.view_keys, rows, strict=True):
-                self._raw(row, generator, out[key][k])
+                target = out[key][k]
+                if target.dtype == np.float32:
+                    self._normalize(self._counts(row, generator), out=torch.from_numpy(target))
+                else:
+                    self._raw(row, generator, target)
         return self._batch_metadata(np.asarray(first_rows, dtype=np.int64))
 
     def image_shape(self) -> tuple[int, ...]:
@@ -187,6 +201,22 @@ class CorpusDataset(Dataset[dict[str, Any]]):
             out[...] = image.numpy()
         return image
 
+    def _counts(self, row: int, generator: torch.Generator) -> torch.Tensor:
+        """What ``_raw`` gives, in this process's reused patch buffer when nothing reshapes the patch.
+
+        Without a band selection or transforms the patch is decoded straight into that buffer, and the
+        result is valid until the next call.
+        """
+        plain = not self.transforms and self._band_take is None
+        return self._raw(row, generator, self._patch_scratch() if plain else None)
+
+    def _patch_scratch(self) -> np.ndarray:
+        """One stored patch's worth of counts, allocated once per process (never shared across a fork)."""
+        reader = self._patches()
+        if self._patch_buffer is None:
+            self._patch_buffer = np.empty(reader.patch_shape, dtype=reader.dtype)
+        return self._patch_buffer
+
     def _patches(self) -> PatchReader:
         """The patch reader, made once per process (never shared across a fork)."""
         if self._reader is None or self._pid != os.getpid():
@@ -194,12 +224,13 @@ class CorpusDataset(Dataset[dict[str, Any]]):
                 numcodecs.blosc.use_threads = False  # one decode thread per worker, like torch's own ops
             root = self.root
             self._reader = PatchReader(f"{root}/{PATCH_ARRAY}" if isinstance(root, str) else root / PATCH_ARRAY)
+            self._patch_buffer = None
             self._pid = os.getpid()
         return self._reader
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_reader"] = None
+        state["_reader"] = state["_patch_buffer"] = None
         return state
 
 
@@ -214,13 +245,18 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1))
         self.register_buffer("inv_std", torch.as_tensor(inv_std, dtype=torch.float32).reshape(-1, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalise raw counts (C, H, W) or (B, C, H, W) into a new float32 tensor."""
-        if image.device.type == "cpu":
-            # numpy asks for transparent huge pages on large arrays: a fresh batch faults far fewer pages
-            out = torch.from_numpy(np.empty(tuple(image.shape), dtype=np.float32))
-        else:
-            out = torch.empty_like(image, dtype=torch.float32)
+    def forward(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalise raw counts (C, H, W) or (B, C, H, W) into a new float32 tensor, or into ``out``.
+
+        ``out``: float32, the shape of ``image``, on its device (a ring slot, say); it is returned.
+        Each element is ``(float32(count) - mean) * inv_std``, rounded after each step, wherever it runs.
+        """
+        if out is None:
+            if image.device.type == "cpu":
+                # numpy asks for transparent huge pages on large arrays: a fresh batch faults far fewer pages
+                out = torch.from_numpy(np.empty(tuple(image.shape), dtype=np.float32))
+            else:
+                out = torch.empty_like(image, dtype=torch.float32)
         out.copy_(image)  # torch has no fast kernel for int16 - float32 with broadcasting: convert, then in place
         return out.sub_(self.mean).mul_(self.inv_std)
 

@@ -4,20 +4,24 @@ A plain ``DataLoader`` over :class:`~training.dataset.CorpusDataset` spends more
 batch than decoding it: every item becomes its own float32 tensor, and ``default_collate`` in a
 worker stacks them into freshly allocated shared memory, whose page faults cost more than the
 blosc decode (bench/README.md, "Loader"). Here each batch is decoded by one worker, patch by
-patch, into a slot of a ring of int16 buffers that the main process allocates once and shares with
-the workers; the worker returns views of that slot (torch passes a handle, no bytes), and
-normalisation happens after the batch arrives: on the accelerator when ``device`` is given.
+patch, into a slot of a ring of buffers that the main process allocates once and shares with the
+workers; the worker returns views of that slot (torch passes a handle, no bytes). Where the batch
+is normalised decides what the ring holds: with an accelerator (``device``) the ring holds int16
+counts, and the batch is normalised on the device after it arrives; without one, a dataset with
+``normalize=True`` gets a float32 ring, and each worker normalises every patch into it right after
+decoding it (the same arithmetic, so the same bits), so normalisation scales with the workers
+instead of running in the main process.
 
 The ring has ``prefetch_factor x num_workers + 2`` slots (2 without workers), handed out round-robin
 in the order the batch sampler is drawn; the DataLoader keeps at most ``prefetch_factor x
 num_workers`` batches in flight and returns them in order, so a slot is written again only when the
-second batch after it is drawn, in this pass or the next. Raw batches (a dataset with
-``normalize=False``, no accelerator) are views into the ring: keep one past the next batch only as a
-``.clone()``. Normalised batches, and batches pinned or copied to an accelerator, are copies and
-stay valid. One pass runs at a time: starting a new one ends the previous pass first. A pass that
-ends early (``break``, an error) stops its workers, unless they are persistent (then torch lets
-their last tasks finish before it hands out new ones), and gives back the slots it drew but never
-delivered, so no stale batch ever writes a slot that a new one uses.
+second batch after it is drawn, in this pass or the next. Batches without an accelerator, raw
+(``normalize=False``) or normalised, are views into the ring: keep one past the next batch only as a
+``.clone()``. Batches pinned or copied to an accelerator are copies and stay valid. One pass runs
+at a time: starting a new one ends the previous pass first. A pass that ends early (``break``, an
+error) stops its workers, unless they are persistent (then torch lets their last tasks finish
+before it hands out new ones), and gives back the slots it drew but never delivered, so no stale
+batch ever writes a slot that a new one uses.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from spectral_corpus.corpus_files import is_object_store
 from spectral_corpus.training.dataset import CorpusDataset
 from spectral_corpus.training.sampler import ShardAwareSampler
 
-#: The ring holds raw counts; torch puts shared memory for workers in this file system.
+#: The ring holds raw counts, or normalised images when the workers normalise (no accelerator).
 RING_DTYPE = torch.int16
+NORMALISED_DTYPE = torch.float32
+#: Torch puts shared memory for workers in this file system.
 SHARED_MEMORY = "/dev/shm"
 
 #: A batch as the batch sampler hands it to a worker: the ring slot to fill and the item indices.
@@ -66,7 +72,10 @@ class SlotBatchSampler(Sampler[SlotBatch]):
 
 
 class RingDataset(Dataset[dict[str, Any]]):
-    """What the DataLoader's workers see: ``__getitems__`` fills one ring slot with a whole batch."""
+    """What the DataLoader's workers see: ``__getitems__`` fills one ring slot with a whole batch.
+
+    An int16 ring receives raw counts, a float32 ring normalised images (``CorpusDataset.read_batch``).
+    """
 
     def __init__(self, dataset: CorpusDataset, rings: dict[str, torch.Tensor]) -> None:
         self.dataset, self.rings = dataset, rings
@@ -89,11 +98,12 @@ def _already_batched(batch: dict[str, Any]) -> dict[str, Any]:
 class PatchLoader(DataLoader[dict[str, Any]]):
     """Batches of a :class:`CorpusDataset`, decoded by ``num_workers`` processes into a shared ring.
 
-    Batches are dicts with the keys and values of ``default_collate`` of the dataset's items, but the
-    images (``image``, and ``image2`` with two views) are normalised only after they arrive: on
-    ``device`` when it is given (the whole batch is moved there, asynchronously from pinned memory
-    with ``pin_memory=True``), else in this process. A dataset with ``normalize=False`` gives the
-    int16 counts instead of float32; without an accelerator they are views into the ring (see the
+    Batches are dicts with the keys and values of ``default_collate`` of the dataset's items. With an
+    accelerator ``device`` the images (``image``, and ``image2`` with two views) cross as int16 and are
+    normalised there (the whole batch is moved, asynchronously from pinned memory with
+    ``pin_memory=True``); without one (``device`` None or a CPU) the workers normalise them into a
+    float32 ring, twice the bytes of an int16 one. A dataset with ``normalize=False`` gives the int16
+    counts instead of float32. Without an accelerator batches are views into the ring (see the
     module docstring). ``sampler`` defaults to a :class:`ShardAwareSampler` for this rank;
     ``set_epoch`` forwards to it. Other keyword arguments go to ``DataLoader``.
     """
@@ -115,11 +125,16 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         if num_workers and is_object_store(dataset.root):
             # obstore's I/O runtime does not survive a fork: workers reading a bucket are spawned
             kwargs.setdefault("multiprocessing_context", "spawn")
+        target = torch.device(device) if device is not None else None
+        on_accelerator = target is not None and target.type != "cpu"
+        #: True when the workers write normalised float32 into the ring (no accelerator to do it).
+        self.normalises_in_workers = dataset.normalize and not on_accelerator
+        dtype = NORMALISED_DTYPE if self.normalises_in_workers else RING_DTYPE
         slots = (prefetch_factor * num_workers if num_workers else 0) + 2
         shape = (slots, batch_size, *dataset.image_shape())
         if num_workers:
-            _check_shared_memory(len(dataset.view_keys) * math.prod(shape) * RING_DTYPE.itemsize)
-        rings = {key: _ring(shape, shared=num_workers > 0) for key in dataset.view_keys}
+            _check_shared_memory(len(dataset.view_keys) * math.prod(shape) * dtype.itemsize)
+        rings = {key: _ring(shape, dtype, shared=num_workers > 0) for key in dataset.view_keys}
         self.index_sampler = sampler if sampler is not None else ShardAwareSampler(dataset)
         super().__init__(
             RingDataset(dataset, rings),
@@ -133,8 +148,9 @@ class PatchLoader(DataLoader[dict[str, Any]]):
             **kwargs,
         )
         self.view_keys = dataset.view_keys
-        self.target = torch.device(device) if device is not None else None
-        self.normalize = dataset.normalizer().to(self.target or "cpu") if dataset.normalize else None
+        self.target = target
+        #: The accelerator's normalisation of arrived int16 batches (None when the workers normalise).
+        self.normalize = dataset.normalizer().to(target) if dataset.normalize and on_accelerator else None
         self.ring_bytes = sum(ring.nbytes for ring in rings.values())
         self._live: weakref.ref[Generator[dict[str, Any], None, None]] | None = None
 
@@ -175,9 +191,9 @@ class PatchLoader(DataLoader[dict[str, Any]]):
         return batch
 
 
-def _ring(shape: Sequence[int], shared: bool) -> torch.Tensor:
-    """An int16 ring of ``shape`` (slots, batch, C, H, W); in shared memory when ``shared``; every page touched."""
-    ring = torch.empty(tuple(shape), dtype=RING_DTYPE)
+def _ring(shape: Sequence[int], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """A ring of ``shape`` (slots, batch, C, H, W); in shared memory when ``shared``; every page touched."""
+    ring = torch.empty(tuple(shape), dtype=dtype)
     if shared:
         ring.share_memory_()
     ring.numpy().fill(0)
