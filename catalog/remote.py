@@ -134,10 +134,11 @@ def _answer(url: str, response: requests.Response, start: int, end: int | None) 
 def _s3_range(url: str) -> _Fetch:
     import obstore
     from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
-    from obstore.store import from_url
+
+    from spectral_corpus.corpus_files import object_store
 
     parts = urlsplit(url)
-    store = from_url(f"s3://{parts.netloc}")
+    store = object_store(f"s3://{parts.netloc}")  # configured as the corpus's own store is
     key = parts.path.lstrip("/")
 
     def fetch(start: int, end: int | None) -> tuple[bytes, int]:

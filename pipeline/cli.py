@@ -181,17 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument(
         "--index", type=Path, help="index table (Parquet or CSV; default SOURCE/index.parquet when present)"
     )
-    defaults = Rules()
-    importer.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
-    importer.add_argument(
-        "--split-block-cells",
-        type=int,
-        default=defaults.split_block_cells,
-        help="for locations the source gives no split: side of the blocks of cells that share one (default 16)",
-    )
-    importer.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    importer.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
-    importer.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    _add_layout_options(importer, "for locations the source gives no split: side of the blocks of cells that share one")
     importer.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
     importer.add_argument("--scheduler", help="address of an existing Dask scheduler (instead of a local cluster)")
     importer.add_argument("--quiet", action="store_true", help="no progress bars or stage lines")
@@ -235,12 +225,19 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         metavar="PCT",
         help="cells of two UTM zones overlapping more than PCT %% are one place (default 1)",
     )
+    _add_layout_options(parser, "side of the square blocks of cells that share a split")
+
+
+def _add_layout_options(parser: argparse.ArgumentParser, blocks: str) -> None:
+    """Shards and splits: ``--shard-size``, ``--split-block-cells`` (``blocks`` says what it is for here),
+    ``--val-fraction``, ``--test-fraction``, ``--split-seed``."""
+    defaults = Rules()
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="observations per shard")
     parser.add_argument(
         "--split-block-cells",
         type=int,
         default=defaults.split_block_cells,
-        help="side of the square blocks of cells that share a split (default 16)",
+        help=f"{blocks} (default {defaults.split_block_cells})",
     )
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)

@@ -25,7 +25,6 @@ result is version 1 of a new corpus, published in one step like a build.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version as package_version
@@ -38,7 +37,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import rasterio
 import shapely
-import zarr
 from distributed import Client
 from pyproj import Transformer
 from rasterio.errors import RasterioError
@@ -50,10 +48,8 @@ from spectral_corpus.corpus_files import CorpusFiles, corpus_files
 from spectral_corpus.corpus_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    PATCH_ARRAY,
     SCHEMAS,
     CorpusMetadata,
-    shard_file_key,
 )
 from spectral_corpus.errors import SpectralCorpusError
 from spectral_corpus.pipeline.build import band_statistics, dask_client, run_tasks, write_coordinates
@@ -73,11 +69,11 @@ from spectral_corpus.pipeline.spectralearth_layout import (
 )
 from spectral_corpus.stages.commit import VersionTables, commit_version, read_current
 from spectral_corpus.stages.grid import ANCHOR_M, CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, check_lattice
-from spectral_corpus.stages.materialize import ShardResult
+from spectral_corpus.stages.materialize import ShardResult, write_shard
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import SPLITS, assign_splits
 from spectral_corpus.stages.stats import moments_key, moments_of
-from spectral_corpus.stages.store import DigestingStore, create_patch_array
+from spectral_corpus.stages.store import create_patch_array
 
 #: Files whose headers one Dask task reads.
 HEADER_BATCH = 256
@@ -473,22 +469,8 @@ def import_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, n_bands: in
     started = time.perf_counter()
     rows = rows.sort_values("obs")
     patches = np.stack([read_patch(Path(path), n_bands) for path in rows["file"]])
-    read_seconds = time.perf_counter() - started
-    store = DigestingStore(files.zarr_store(writable=True))
     first = int(rows["obs"].iloc[0])
-    zarr.open_array(store, path=PATCH_ARRAY, mode="r+")[first : first + len(rows)] = patches
-    nbytes, sha256 = store.written[shard_file_key(shard)]
-    result = ShardResult(
-        shard=shard,
-        first_obs=first,
-        n_obs=len(rows),
-        nbytes=nbytes,
-        raw_bytes=patches.nbytes,
-        sha256=sha256,
-        read_seconds=read_seconds,
-        write_seconds=time.perf_counter() - started - read_seconds,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    )
+    result = write_shard(files, shard, first, patches, read_seconds=time.perf_counter() - started)
     train = (rows["split"] == "train").to_numpy()
     moments = None
     if train.any():

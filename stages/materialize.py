@@ -70,24 +70,7 @@ def materialize_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands:
     patches = np.full((len(rows), len(bands), PATCH_PX, PATCH_PX), NODATA, dtype=np.int16)
     for href, group in rows.groupby("href", sort=True):
         _cut_patches(str(href), group, bands, patches, first)
-    read_seconds = time.perf_counter() - started
-    store = DigestingStore(files.zarr_store(writable=True))
-    array = zarr.open_array(store, path=PATCH_ARRAY, mode="r+")
-    array[first : first + len(rows)] = patches  # the sharding codec writes the shard whole, in one value
-    nbytes, sha256 = store.written[shard_file_key(shard)]
-    failpoint("shard-written")  # written, no marker yet: a retry writes the same bytes again
-    write_seconds = time.perf_counter() - started - read_seconds
-    result = ShardResult(
-        shard=shard,
-        first_obs=first,
-        n_obs=len(rows),
-        nbytes=nbytes,
-        raw_bytes=patches.nbytes,
-        sha256=sha256,
-        read_seconds=read_seconds,
-        write_seconds=write_seconds,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    )
+    result = write_shard(files, shard, first, patches, read_seconds=time.perf_counter() - started)
     train = rows["train"].to_numpy(bool)
     moments = moments_of(patches[train], len(bands))
     summary = {
@@ -96,6 +79,27 @@ def materialize_shard(files: CorpusFiles, shard: int, rows: pd.DataFrame, bands:
     }
     files.write(shard_marker(shard), json.dumps({**asdict(result), "moments": summary}).encode())
     return result
+
+
+def write_shard(files: CorpusFiles, shard: int, first: int, patches: np.ndarray, read_seconds: float) -> ShardResult:
+    """Write the patches of shard ``shard`` (rows from ``first``) whole; what was written, and what it cost."""
+    started = time.perf_counter()
+    store = DigestingStore(files.zarr_store(writable=True))
+    array = zarr.open_array(store, path=PATCH_ARRAY, mode="r+")
+    array[first : first + len(patches)] = patches  # the sharding codec writes the shard whole, in one value
+    nbytes, sha256 = store.written[shard_file_key(shard)]
+    failpoint("shard-written")  # written, no marker yet: a retry writes the same bytes again
+    return ShardResult(
+        shard=shard,
+        first_obs=first,
+        n_obs=len(patches),
+        nbytes=nbytes,
+        raw_bytes=patches.nbytes,
+        sha256=sha256,
+        read_seconds=read_seconds,
+        write_seconds=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
 
 
 #: The folder of the build's work state where finished shards leave their markers.
