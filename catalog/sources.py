@@ -18,9 +18,14 @@ def find_scenes(source: str, query: SceneQuery) -> list[SceneRecord]:
     return keep_newest(read_source(source, query))
 
 
+def is_stac_api(source: str) -> bool:
+    """True when ``source`` names a STAC API (an ``http(s)://`` URL)."""
+    return source.lower().startswith(("http://", "https://"))
+
+
 def archive_root(source: str) -> Path | None:
     """The folder ``source`` names when it is a local archive of products, else None."""
-    if source.lower().startswith(("http://", "https://")):
+    if is_stac_api(source):
         return None
     path = Path(source)
     return path.resolve() if path.is_dir() else None
@@ -33,13 +38,14 @@ def read_source(source: str, query: SceneQuery) -> list[SceneRecord]:
     directory holding EnMAP L2A product folders and ZIP files. A build decides which version is the
     newest once, over these and the corpus's known scenes.
     """
-    if source.lower().startswith(("http://", "https://")):
+    if is_stac_api(source):
         return search_stac_api(source, query)
     path = Path(source)
     if path.is_file() and path.suffix.lower() in STATIC_SUFFIXES:
         return read_static_stac(path, query)
-    if path.is_dir():
-        return index_archive(path, query)
+    root = archive_root(source)
+    if root is not None:
+        return index_archive(root, query)
     raise SourceError(
         f"scene source {source!r} is not usable: SRC must be an http(s):// STAC API URL, an existing "
         f"static STAC file ({', '.join(STATIC_SUFFIXES)}) or an existing directory of EnMAP L2A products"

@@ -34,7 +34,7 @@ from spectral_corpus.catalog.bands import band_table, selected_bands
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, SceneRecord, records_from_table, scene_table
-from spectral_corpus.catalog.sources import archive_root, read_source
+from spectral_corpus.catalog.sources import archive_root, is_stac_api, read_source
 from spectral_corpus.corpus_files import CorpusFiles, LocalFiles, corpus_files
 from spectral_corpus.corpus_format import (
     BUILD,
@@ -553,7 +553,7 @@ def changed_since_last_run(base: CorpusReader, source: str, query: SceneQuery) -
     The high-water mark is the newest ``updated`` among that version's scenes from the source: a scene
     changed later has a later ``updated``. One the corpus already knows is skipped as ever.
     """
-    if not source.lower().startswith(("http://", "https://")) or query.updated_since is not None:
+    if not is_stac_api(source) or query.updated_since is not None:
         return query
     asked = _as_json(query.as_dict())
     for version in range(base.version, 0, -1):

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spectral_corpus.catalog.query import SceneQuery
 from spectral_corpus.catalog.rasters import RASTER_FORMATS
@@ -228,6 +228,10 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
     _add_layout_options(parser, "side of the square blocks of cells that share a split")
 
 
+#: The rules of shards and splits that ``build`` and ``import-spectralearth`` take as options.
+LAYOUT_OPTIONS = ("shard_size", "split_block_cells", "val_fraction", "test_fraction", "split_seed")
+
+
 def _add_layout_options(parser: argparse.ArgumentParser, blocks: str) -> None:
     """Shards and splits: ``--shard-size``, ``--split-block-cells`` (``blocks`` says what it is for here),
     ``--val-fraction``, ``--test-fraction``, ``--split-seed``."""
@@ -266,12 +270,13 @@ def _rules(args: argparse.Namespace) -> Rules:
         max_snow=args.max_snow / 100,
         zone_overlap=args.zone_overlap / 100,
         bands=args.bands,
-        shard_size=args.shard_size,
-        split_block_cells=args.split_block_cells,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
+        **_layout(args),
     )
+
+
+def _layout(args: argparse.Namespace) -> dict[str, Any]:
+    """The rules that ``_add_layout_options`` adds, as given."""
+    return {name: getattr(args, name) for name in LAYOUT_OPTIONS}
 
 
 def _source_options(args: argparse.Namespace, out: str | Path, rules: Rules) -> BuildOptions:
@@ -407,13 +412,7 @@ def _export(args: argparse.Namespace) -> int:
 def _import_spectralearth(args: argparse.Namespace) -> int:
     from spectral_corpus.pipeline.spectralearth_import import ImportOptions, import_spectralearth
 
-    rules = Rules(
-        shard_size=args.shard_size,
-        split_block_cells=args.split_block_cells,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        split_seed=args.split_seed,
-    )
+    rules = Rules(**_layout(args))
     options = ImportOptions(
         source=args.source,
         out=args.out,
