@@ -64,7 +64,7 @@ from spectral_corpus.stages.materialize import (
     materialize_shard,
     shard_marker,
 )
-from spectral_corpus.stages.plan import Plan, plan_corpus
+from spectral_corpus.stages.plan import Plan, extend_plan, plan_corpus
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import assign_splits
 from spectral_corpus.stages.stats import Moments, merge_all, moments_key, shard_moments
@@ -335,19 +335,20 @@ def inspect_task(record: Any, files: CorpusFiles, key: str) -> str:
 
 
 def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
-    """Plan over every scene in use: the known scenes' candidates plus the new ones."""
-    in_use = set(tables.ok_scenes(scenes)["product"])
-    frames = [r.candidates for r in inspected if r.product in in_use and len(r.candidates)]
-    if base is not None:
-        known = base.table("candidates")
-        frames.insert(0, known.loc[known["product"].isin(in_use), CANDIDATE_COLUMNS])
+    """Plan a build over the new scenes' candidates; an extension decides again only the cells they touch."""
+    in_use = tables.ok_scenes(scenes)
+    products = set(in_use["product"])
+    frames = [r.candidates for r in inspected if r.product in products and len(r.candidates)]
     candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    return plan_corpus(
+    if base is None:
+        return plan_corpus(candidates, in_use, rules)
+    return extend_plan(
+        base.table("candidates"),
         candidates,
-        tables.ok_scenes(scenes),
+        in_use,
         rules,
-        known_locations=base.table("locations") if base else None,
-        placed=base.table("observations") if base else None,
+        known_locations=base.table("locations"),
+        placed=base.table("observations"),
         first_obs=_first_shard(base) * rules.shard_size,
     )
 

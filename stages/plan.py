@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -14,7 +15,7 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
-from spectral_corpus.stages.grid import CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
+from spectral_corpus.stages.grid import ANCHOR_M, CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import assign_splits
 
@@ -48,10 +49,55 @@ def plan_corpus(
     ordered location-major, locations in spatial blocks, and numbered from ``first_obs`` (a shard
     boundary) into shards of ``rules.shard_size``.
     """
-    table = candidates.merge(scenes[["product", "datatake", "tile", "acquired"]], on="product", how="left")
-    table["drop_reason"] = _threshold_reasons(table, rules)
+    table = _decided_by_thresholds(candidates, scenes, rules)
     _mark_duplicates(table)
     _mark_zone_overlaps(table, rules.zone_overlap)
+    return _lay_out(table, rules, known_locations, placed, first_obs)
+
+
+def extend_plan(
+    previous: pd.DataFrame,
+    new: pd.DataFrame,
+    scenes: pd.DataFrame,
+    rules: Rules,
+    known_locations: pd.DataFrame,
+    placed: pd.DataFrame,
+    first_obs: int,
+) -> Plan:
+    """``plan_corpus`` over the ``previous`` plan's candidates (with their ``drop_reason``) and ``new`` ones,
+    deciding again only the cells whose fate can change.
+
+    Those are the cells touched: the cells of new candidates, and of previous ones whose scene is no longer
+    in ``scenes`` (superseded or rejected). Their duplicates are re-decided, and zone overlaps are re-decided
+    for them and for the cells of other zones that overlap them. Every other candidate keeps its fate, so
+    the cost follows the new scenes, not the corpus; with the same rules the result equals ``plan_corpus``
+    over all candidates.
+    """
+    in_use = previous["product"].isin(scenes["product"]).to_numpy()
+    table = pd.concat([previous[in_use], _decided_by_thresholds(new, scenes, rules)], ignore_index=True)
+    touched = pd.concat([new[KEY], previous.loc[~in_use, KEY]]).drop_duplicates().astype("int64")
+    at_touched = _at(table, touched)
+    table.loc[at_touched & table["drop_reason"].isin(["duplicate", "zone_overlap"]), "drop_reason"] = ""
+    _mark_duplicates(table, at_touched)
+    _mark_zone_overlaps(table, rules.zone_overlap, touched)
+    return _lay_out(table, rules, known_locations, placed, first_obs)
+
+
+def _decided_by_thresholds(candidates: pd.DataFrame, scenes: pd.DataFrame, rules: Rules) -> pd.DataFrame:
+    """Candidates with their scene's ``datatake``, ``tile`` and ``acquired``, dropped where a flag exceeds its rule."""
+    table = candidates.merge(scenes[["product", "datatake", "tile", "acquired"]], on="product", how="left")
+    table["drop_reason"] = _threshold_reasons(table, rules)
+    return table
+
+
+def _lay_out(
+    table: pd.DataFrame,
+    rules: Rules,
+    known_locations: pd.DataFrame | None,
+    placed: pd.DataFrame | None,
+    first_obs: int,
+) -> Plan:
+    """Locations, splits and observation numbers of the candidates kept."""
     kept = table[table["drop_reason"] == ""]
     locations = _assign_locations(kept, known_locations)
     locations.insert(
@@ -63,6 +109,11 @@ def plan_corpus(
     return Plan(table.sort_values(["product", "iy", "ix"], ascending=[True, False, True]), observations, locations)
 
 
+def _at(table: pd.DataFrame, cells: pd.DataFrame) -> np.ndarray:
+    """Whether each row of ``table`` lies in one of ``cells`` (both keyed by ``epsg, ix, iy``)."""
+    return np.asarray(pd.MultiIndex.from_frame(table[KEY]).isin(pd.MultiIndex.from_frame(cells[KEY])))
+
+
 def _threshold_reasons(table: pd.DataFrame, rules: Rules) -> pd.Series:
     reasons = pd.Series("", index=table.index, dtype=object)
     for flag, maximum in reversed(list(rules.thresholds().items())):
@@ -70,22 +121,77 @@ def _threshold_reasons(table: pd.DataFrame, rules: Rules) -> pd.Series:
     return reasons
 
 
-def _mark_duplicates(table: pd.DataFrame) -> None:
-    """Overlapping tiles of one datatake: keep the cell with fewest flagged pixels, then lowest tile."""
-    alive = table[table["drop_reason"] == ""].sort_values(["n_flagged", "tile", "product"])
+def _mark_duplicates(table: pd.DataFrame, where: np.ndarray | None = None) -> None:
+    """Overlapping tiles of one datatake: keep the cell with fewest flagged pixels, then lowest tile.
+
+    Only the rows ``where`` is true are decided (a cell's rows are all in or all out)."""
+    undecided = table["drop_reason"] == ""
+    alive = table[undecided if where is None else undecided & where]
+    alive = alive.sort_values(["n_flagged", "tile", "product"])
     losers = alive.duplicated(subset=["datatake", *KEY], keep="first")
     table.loc[losers[losers].index, "drop_reason"] = "duplicate"
 
 
-def _mark_zone_overlaps(table: pd.DataFrame, min_share: float) -> None:
-    """Cells of different UTM zones overlapping by more than ``min_share``: keep the nearer zone's."""
-    alive = table["drop_reason"] == ""
-    cells = table.loc[alive, KEY].drop_duplicates()
+def _mark_zone_overlaps(table: pd.DataFrame, min_share: float, touched: pd.DataFrame | None = None) -> None:
+    """Cells of different UTM zones overlapping by more than ``min_share``: keep the nearer zone's.
+
+    With ``touched`` cells, only they and the cells of other zones that overlap them are decided again;
+    the overlaps that decide those are looked for among their own cross-zone neighbours.
+    """
+    passed = table["drop_reason"].isin(["", "zone_overlap"])  # by thresholds and duplicates
+    cells = table.loc[passed, KEY].drop_duplicates()
+    region = np.ones(len(table), dtype=bool)
+    if touched is not None:
+        decided = pd.concat([touched, cross_zone_neighbours(touched, cells)]).drop_duplicates()
+        looked_at = pd.concat([decided, cross_zone_neighbours(decided, cells)])
+        cells = cells[_at(cells, looked_at)]
+        region = _at(table, decided)
     losers = zone_overlap_losers(cells, min_share)
-    if losers.empty:
-        return
-    lost = table[KEY].merge(losers.assign(_lost=True), on=KEY, how="left")["_lost"].fillna(False).to_numpy()
-    table.loc[alive & lost, "drop_reason"] = "zone_overlap"
+    table.loc[region & (table["drop_reason"] == "zone_overlap"), "drop_reason"] = ""
+    lost = region & _at(table, losers) & (table["drop_reason"] == "").to_numpy()
+    table.loc[lost, "drop_reason"] = "zone_overlap"
+
+
+#: How far apart (degrees) the central meridians of two zones whose cells may overlap can be: neighbours,
+#: with room to spare (a scene reaches at most tens of km past its zone's edge).
+ZONE_REACH_DEG = 12.0
+#: Slack (m) around a cell's projected bounds, for the curvature between the points of its outline.
+BOUNDS_SLACK_M = 100.0
+
+
+def cross_zone_neighbours(cells: pd.DataFrame, among: pd.DataFrame) -> pd.DataFrame:
+    """The cells of ``among`` in other zones that may overlap a cell of ``cells`` (a superset of those that do).
+
+    Each cell's outline is projected into the nearby zones of ``among``, and the grid squares under its
+    bounds there are looked up: no outline of ``among`` is needed, so the cost follows ``cells``.
+    """
+    if cells.empty or among.empty:
+        return among.iloc[0:0][KEY]
+    cells = cells[KEY].reset_index(drop=True)
+    points, owner = shapely.get_coordinates(cell_footprints(cells).geometry.to_numpy(), return_index=True)
+    own_meridian = np.array([central_meridian(int(e)) for e in cells["epsg"]])
+    found = []
+    for epsg in map(int, among["epsg"].unique()):
+        nearby = _degrees_apart(own_meridian, central_meridian(epsg)) <= ZONE_REACH_DEG
+        near = ((cells["epsg"] != epsg).to_numpy() & nearby)[owner]
+        if near.any():
+            found.append(_squares_under(points[near], owner[near], epsg))
+    if not found:
+        return among.iloc[0:0][KEY]
+    return pd.concat(found).drop_duplicates().merge(among[KEY].drop_duplicates(), on=KEY)
+
+
+def _squares_under(points: np.ndarray, owner: np.ndarray, epsg: int) -> pd.DataFrame:
+    """The cells of zone ``epsg`` under the bounds of each group of lon/lat ``points`` (grouped by ``owner``)."""
+    x, y = _from_lonlat(epsg).transform(points[:, 0], points[:, 1])
+    bounds = pd.DataFrame({"owner": owner, "x": x, "y": y}).groupby("owner").agg(["min", "max"])
+    low = np.floor((bounds[[("x", "min"), ("y", "min")]].to_numpy() - BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
+    high = np.floor((bounds[[("x", "max"), ("y", "max")]].to_numpy() + BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
+    low, span = low.astype(np.int64), (high - low).astype(np.int64) + 1
+    rows = np.repeat(np.arange(len(low)), span[:, 0] * span[:, 1])
+    first = np.repeat(np.cumsum(span[:, 0] * span[:, 1]) - span[:, 0] * span[:, 1], span[:, 0] * span[:, 1])
+    k = np.arange(len(rows)) - first
+    return pd.DataFrame({"epsg": epsg, "ix": low[rows, 0] + k % span[rows, 0], "iy": low[rows, 1] + k // span[rows, 0]})
 
 
 def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
@@ -134,7 +240,7 @@ def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> list[tuple[int, int, sha
     return [(left, right, overlap) for (left, right), overlap in pairs.items()]
 
 
-def _degrees_apart(lon: float, meridian: float) -> float:
+def _degrees_apart(lon: Any, meridian: float) -> Any:
     return abs((lon - meridian + 180.0) % 360.0 - 180.0)
 
 
@@ -161,10 +267,15 @@ def _to_lonlat(epsg: int) -> Transformer:
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
 
+@functools.lru_cache(maxsize=128)
+def _from_lonlat(epsg: int) -> Transformer:
+    return Transformer.from_crs(4326, epsg, always_xy=True)
+
+
 def _share_of_cell(overlap_lonlat: shapely.Geometry, epsg: int) -> float:
     if overlap_lonlat.is_empty:
         return 0.0
-    to_utm = Transformer.from_crs(4326, epsg, always_xy=True)
+    to_utm = _from_lonlat(epsg)
     projected = shapely.transform(overlap_lonlat, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
     return float(projected.area) / CELL_M**2
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from affine import Affine
-from pyproj import CRS
+from pyproj import CRS, Transformer
 
 from spectral_corpus.stages.grid import CELL_M, GridError, cell_origin, cell_windows, central_meridian, check_lattice
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS
-from spectral_corpus.stages.plan import cell_footprints, plan_corpus, zone_overlap_losers
+from spectral_corpus.stages.plan import (
+    KEY,
+    cell_footprints,
+    cross_zone_neighbours,
+    extend_plan,
+    plan_corpus,
+    zone_overlap_losers,
+)
 from spectral_corpus.stages.rules import Rules
 
 
@@ -107,8 +115,6 @@ def test_overlapping_tiles_of_a_datatake_keep_one_observation_per_cell() -> None
 
 
 def _cell_at(epsg: int, lon: float, lat: float) -> tuple[int, int]:
-    from pyproj import Transformer
-
     x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
     return int((x - 15) // CELL_M), int((y - 15) // CELL_M)
 
@@ -165,3 +171,76 @@ def test_known_cells_keep_their_outline_and_new_cells_get_theirs() -> None:
     known.geometry = known.geometry.translate(1.0, 0.0)  # an outline the plan could not have made itself
     reused = plan_corpus(candidates, scenes, Rules(), known_locations=known).locations.set_index("ix").geometry
     assert reused[1].equals(known.geometry.iloc[0]) and reused[0].equals(fresh.set_index("ix").geometry[0])
+
+
+def _zone_edge_world(n_datatakes: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Datatakes of two overlapping tiles (6 x 6 cells, a cell apart) around 12 E, where zones 32 and 33
+    meet, some cells cloudy: duplicates, zone overlaps and threshold drops all happen."""
+    rng = np.random.default_rng(seed)
+    candidates, scenes = [], []
+    for datatake in range(n_datatakes):
+        lon, lat = rng.uniform(11.8, 12.2), rng.uniform(45.0, 45.25)
+        epsg = 32632 if lon < 12.0 else 32633
+        acquired = pd.Timestamp("2023-01-01", tz="UTC") + pd.Timedelta(days=int(rng.integers(0, 600)))
+        for tile in (1, 2):
+            product = f"d{datatake:03d}t{tile}"
+            scenes.append({"product": product, "datatake": datatake, "tile": tile, "acquired": acquired})
+            ix, iy = _cell_at(epsg, lon, lat - 0.035 * tile)
+            for dx in range(-3, 3):
+                for dy in range(-3, 3):
+                    cloud = int(rng.integers(200, 400)) if rng.random() < 0.1 else 0
+                    candidates.append(
+                        _candidate(product, ix + dx, iy + dy, epsg, cloud=cloud, haze=int(rng.integers(3)))
+                    )
+    return pd.DataFrame(candidates), pd.DataFrame(scenes)
+
+
+def test_an_extension_decides_again_only_what_it_touches_and_equals_a_whole_plan() -> None:
+    candidates, scenes = _zone_edge_world(16, seed=1)
+    rules = Rules(shard_size=8)
+    previous_products = scenes.sort_values("acquired")["product"].iloc[:22]
+    base = plan_corpus(candidates[candidates["product"].isin(previous_products)], scenes, rules)
+    fates = base.candidates.set_index(["product", *KEY])["drop_reason"]
+    # one earlier scene leaves the corpus (superseded): the tile it beat takes its cells back
+    beaten = base.candidates[base.candidates["drop_reason"] == "duplicate"]
+    gone = base.candidates.merge(beaten[["datatake", *KEY]], on=["datatake", *KEY]).query("drop_reason == ''")
+    gone_product = gone["product"].iloc[0]
+    now = scenes[scenes["product"] != gone_product]
+    new = candidates[~candidates["product"].isin(previous_products)]
+    first_obs = (int(base.observations["shard"].max()) + 1) * rules.shard_size
+    layout = {"known_locations": base.locations, "placed": base.observations, "first_obs": first_obs}
+    extended = extend_plan(base.candidates, new, now, rules, **layout)  # type: ignore[arg-type]
+    whole = plan_corpus(candidates[candidates["product"].isin(now["product"])], now, rules, **layout)  # type: ignore[arg-type]
+
+    by_candidate = ["product", *KEY]
+    assert (
+        extended.candidates[[*by_candidate, "drop_reason"]]
+        .reset_index(drop=True)
+        .equals(whole.candidates[[*by_candidate, "drop_reason"]].reset_index(drop=True))
+    )
+    columns = ["obs", "product", *KEY, "location_id", "split", "shard", "slot"]
+    assert extended.observations[columns].equals(whole.observations[columns])
+    assert extended.locations.drop(columns="geometry").equals(whole.locations.drop(columns="geometry"))
+    assert extended.locations.geometry.geom_equals_exact(whole.locations.geometry, tolerance=0).all()
+    # the test covers what it claims: earlier candidates changed fate by both rules the new scenes decide again
+    changed = extended.candidates.set_index(by_candidate)["drop_reason"].reindex(fates.index).dropna()
+    moved = pd.DataFrame({"was": fates[changed.index], "now": changed})[lambda t: t["was"] != t["now"]]
+    assert {"zone_overlap", "duplicate"} <= set(moved["was"]) | set(moved["now"]), moved
+    assert (extended.candidates["drop_reason"] == "cloud").any()
+
+
+@pytest.mark.parametrize(("lon", "lat", "zones"), [(12.0, 45.0, (32632, 32633)), (180.0, 65.0, (32660, 32601))])
+def test_cross_zone_neighbours_include_every_cell_that_overlaps(lon: float, lat: float, zones: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    points = [(lon + rng.uniform(-0.15, 0.15), lat + rng.uniform(-0.1, 0.1)) for _ in range(60)]
+    cells = pd.DataFrame(
+        [(epsg, *_cell_at(epsg, x, y)) for x, y in points for epsg in zones], columns=KEY
+    ).drop_duplicates(ignore_index=True)
+    footprints = cell_footprints(cells)
+    for i, cell in cells.iterrows():
+        others = cells[cells["epsg"] != cell["epsg"]]
+        touching = others[footprints.loc[others.index].intersects(footprints.geometry[i])]
+        found = cross_zone_neighbours(cells.loc[[i]], cells)
+        assert set(map(tuple, touching[KEY].to_numpy())) <= set(map(tuple, found[KEY].to_numpy()))
+        assert (found["epsg"] != cell["epsg"]).all()
+    assert len(cross_zone_neighbours(cells, cells)) > 0
