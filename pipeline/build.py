@@ -580,6 +580,8 @@ def _as_json(value: Any) -> Any:
 
 
 def write_coordinates(files: CorpusFiles, observations: pd.DataFrame) -> None:
+    """Write the observations' coordinate arrays beside the patches (``corpus_format.OBS_COORDINATES``)."""
+    centre = "patch centre {} in the patch's UTM zone (EPSG code in `epsg`)"
     write_obs_coordinates(
         files,
         observations["obs"].to_numpy(),
@@ -588,13 +590,13 @@ def write_coordinates(files: CorpusFiles, observations: pd.DataFrame) -> None:
             "location_id": observations["location_id"].to_numpy(),
             "scene_id": observations["scene_id"].to_numpy(),
             "epsg": observations["epsg"].to_numpy(dtype=np.int32),
-            "x": observations["x"].to_numpy(),
-            "y": observations["y"].to_numpy(),
+            "centre_x": observations["x"].to_numpy(),
+            "centre_y": observations["y"].to_numpy(),
         },
         {
             "time": {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"},
-            "x": {"long_name": "patch centre easting in the patch's UTM zone", "units": "m"},
-            "y": {"long_name": "patch centre northing in the patch's UTM zone", "units": "m"},
+            "centre_x": {"long_name": centre.format("easting"), "units": "m"},
+            "centre_y": {"long_name": centre.format("northing"), "units": "m"},
         },
     )
 

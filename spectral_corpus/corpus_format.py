@@ -4,6 +4,7 @@
 CORPUS/
   patches.zarr/          Zarr v3 group: patches (obs, band, y, x) int16, sharded along obs, one inner
                          chunk per patch; band coordinates wavelength, fwhm, band; obs coordinates
+                         (``OBS_COORDINATES``)
   versions/vNNNN/        immutable tables of version N (Parquet; scenes and locations GeoParquet 1.0)
                          and manifest.json
   CURRENT                {"version": N}: the published version (replaced atomically; in a bucket by a
@@ -53,6 +54,11 @@ FLAGS = ("nodata", "cloud", "cloudshadow", "snow", "haze", "cirrus", "water")
 
 ZARR = "patches.zarr"
 PATCHES = "patches"
+#: The per-observation coordinate arrays beside ``patches`` (dimension ``obs``, -1 on rows the newest version
+#: does not list), for xarray users. The patch centre is ``centre_x``, ``centre_y`` (metres in the patch's UTM
+#: zone, EPSG code in ``epsg``): ``x`` and ``y`` name the pixel dimensions. Stores written before held the
+#: centre as ``x``, ``y``; those arrays are removed when the coordinates are next written.
+OBS_COORDINATES = ("time", "location_id", "scene_id", "epsg", "centre_x", "centre_y")
 VERSIONS = "versions"
 CURRENT = "CURRENT"
 METADATA = "corpus.json"

@@ -81,8 +81,10 @@ def write_obs_coordinates(
 ) -> None:
     """Write per-observation coordinates (one value per row of the patch array; -1 where no row is listed).
 
-    Arrays are grown in place and their chunks replaced file by file (atomically), never deleted, so a
-    reader opening the store meanwhile always finds them.
+    Arrays are grown in place and their chunks replaced file by file (atomically), so a reader opening the
+    store meanwhile always finds them. Any other array along ``obs`` alone is stale (such as the ``x``, ``y``
+    that stores held before the patch centre became ``centre_x``, ``centre_y``): it is removed once the new
+    arrays are written, and the consolidated metadata lists only what remains.
     """
     root = _open_group(files)
     patches = root[PATCHES]
@@ -107,6 +109,9 @@ def write_obs_coordinates(
             )
         array[:] = full
     patches.attrs["coordinates"] = " ".join(["wavelength", "fwhm", "band", *columns])
+    for name, other in list(root.arrays()):
+        if name not in columns and getattr(other.metadata, "dimension_names", None) == ("obs",):
+            del root[name]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(files.zarr_store(writable=True, under=ZARR))

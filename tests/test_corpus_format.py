@@ -27,6 +27,7 @@ from spectral_corpus.corpus_format import (
 )
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.pipeline.verify import verify_corpus
+from spectral_corpus.pipeline.xarray_view import open_patches
 from spectral_corpus.training.dataset import CorpusDataset
 from spectral_corpus.training.shards import PatchReader
 from stac_schemas import offline_validator
@@ -85,11 +86,13 @@ def test_every_reader_reads_the_same_patch(corpus: Path) -> None:
     dataset = CorpusDataset(corpus, split=None, unit="observation", normalize=False)
     patches = PatchReader(CorpusLayout(corpus).patch_array)
     store = xr.open_zarr(CorpusLayout(corpus).zarr, consolidated=True)
+    view = open_patches(corpus)
     for item, obs in enumerate(dataset._obs):  # the dataset's own order: location, then date
         expected = reader.read_patch(int(obs))
         assert (expected != -32768).any()
         assert np.array_equal(patches.read(int(obs)), expected)
         assert np.array_equal(store["patches"][int(obs)].to_numpy(), expected)
+        assert np.array_equal(view["patches"].sel(obs=int(obs)).to_numpy(), expected)
         assert np.array_equal(dataset[item]["image"].numpy(), expected.astype(np.float32))
         row = observations.set_index("obs").loc[int(obs)]
         assert int(store["location_id"][int(obs)]) == row["location_id"] == int(dataset[item]["location_id"])
