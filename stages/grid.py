@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from affine import Affine
@@ -18,6 +19,7 @@ from spectral_corpus.corpus_format import PATCH_PX, PIXEL_M
 from spectral_corpus.stages.errors import GridError
 
 CELL_M = PATCH_PX * PIXEL_M
+Index = TypeVar("Index", int, np.ndarray)
 ANCHOR_M = 15
 
 
@@ -44,8 +46,8 @@ class CellWindows:
         ]
 
 
-def cell_origin(ix: int, iy: int) -> tuple[int, int]:
-    """Map coordinates of the upper-left corner of cell ``(ix, iy)``."""
+def cell_origin(ix: Index, iy: Index) -> tuple[Index, Index]:
+    """Map coordinates of the upper-left corner of cell ``(ix, iy)`` (of each cell, given arrays)."""
     return ANCHOR_M + CELL_M * ix, ANCHOR_M + CELL_M * (iy + 1)
 
 

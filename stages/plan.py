@@ -155,42 +155,45 @@ def _mark_zone_overlaps(table: pd.DataFrame, min_share: float, touched: pd.DataF
 #: How far apart (degrees) the central meridians of two zones whose cells may overlap can be: neighbours,
 #: with room to spare (a scene reaches at most tens of km past its zone's edge).
 ZONE_REACH_DEG = 12.0
-#: Slack (m) around a cell's projected bounds, for the curvature between the points of its outline.
+#: Slack (m) around a cell's corners projected into another zone: the edges between them bend by far less.
 BOUNDS_SLACK_M = 100.0
 
 
 def cross_zone_neighbours(cells: pd.DataFrame, among: pd.DataFrame) -> pd.DataFrame:
     """The cells of ``among`` in other zones that may overlap a cell of ``cells`` (a superset of those that do).
 
-    Each cell's outline is projected into the nearby zones of ``among``, and the grid squares under its
-    bounds there are looked up: no outline of ``among`` is needed, so the cost follows ``cells``.
+    Each cell's corners are projected into the nearby zones of ``among``, and the grid squares under their
+    bounds there are looked up: no outline of ``among`` is made, so the cost follows ``cells``.
     """
-    if cells.empty or among.empty:
-        return among.iloc[0:0][KEY]
-    cells = cells[KEY].reset_index(drop=True)
-    points, owner = shapely.get_coordinates(cell_footprints(cells).geometry.to_numpy(), return_index=True)
-    own_meridian = np.array([central_meridian(int(e)) for e in cells["epsg"]])
     found = []
-    for epsg in map(int, among["epsg"].unique()):
-        nearby = _degrees_apart(own_meridian, central_meridian(epsg)) <= ZONE_REACH_DEG
-        near = ((cells["epsg"] != epsg).to_numpy() & nearby)[owner]
-        if near.any():
-            found.append(_squares_under(points[near], owner[near], epsg))
+    zones = among["epsg"].unique()
+    meridians = np.array([central_meridian(int(zone)) for zone in zones])
+    for epsg, group in cells.groupby("epsg", sort=False):
+        nearby = zones[(zones != epsg) & (_degrees_apart(meridians, central_meridian(int(epsg))) <= ZONE_REACH_DEG)]
+        if len(nearby):
+            lon, lat = _to_lonlat(int(epsg)).transform(*_corners(group).transpose(2, 0, 1))
+            found += [_squares_under(*_from_lonlat(int(other)).transform(lon, lat), int(other)) for other in nearby]
     if not found:
         return among.iloc[0:0][KEY]
     return pd.concat(found).drop_duplicates().merge(among[KEY].drop_duplicates(), on=KEY)
 
 
-def _squares_under(points: np.ndarray, owner: np.ndarray, epsg: int) -> pd.DataFrame:
-    """The cells of zone ``epsg`` under the bounds of each group of lon/lat ``points`` (grouped by ``owner``)."""
-    x, y = _from_lonlat(epsg).transform(points[:, 0], points[:, 1])
-    bounds = pd.DataFrame({"owner": owner, "x": x, "y": y}).groupby("owner").agg(["min", "max"])
-    low = np.floor((bounds[[("x", "min"), ("y", "min")]].to_numpy() - BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
-    high = np.floor((bounds[[("x", "max"), ("y", "max")]].to_numpy() + BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
+def _corners(cells: pd.DataFrame) -> np.ndarray:
+    """The four corners of each cell in its zone's map coordinates (n x 4 x 2)."""
+    x0, y1 = cell_origin(cells["ix"].to_numpy(), cells["iy"].to_numpy())
+    x = np.column_stack([x0, x0 + CELL_M, x0 + CELL_M, x0])
+    y = np.column_stack([y1, y1, y1 - CELL_M, y1 - CELL_M])
+    return np.stack([x, y], axis=2).astype(np.float64)
+
+
+def _squares_under(x: np.ndarray, y: np.ndarray, epsg: int) -> pd.DataFrame:
+    """The cells of zone ``epsg`` under the bounds of each row of corner coordinates ``x``, ``y`` (n x 4)."""
+    low = np.floor((np.column_stack([x.min(axis=1), y.min(axis=1)]) - BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
+    high = np.floor((np.column_stack([x.max(axis=1), y.max(axis=1)]) + BOUNDS_SLACK_M - ANCHOR_M) / CELL_M)
     low, span = low.astype(np.int64), (high - low).astype(np.int64) + 1
-    rows = np.repeat(np.arange(len(low)), span[:, 0] * span[:, 1])
-    first = np.repeat(np.cumsum(span[:, 0] * span[:, 1]) - span[:, 0] * span[:, 1], span[:, 0] * span[:, 1])
-    k = np.arange(len(rows)) - first
+    size = span[:, 0] * span[:, 1]
+    rows = np.repeat(np.arange(len(low)), size)
+    k = np.arange(len(rows)) - np.repeat(np.cumsum(size) - size, size)
     return pd.DataFrame({"epsg": epsg, "ix": low[rows, 0] + k % span[rows, 0], "iy": low[rows, 1] + k // span[rows, 0]})
 
 
@@ -203,25 +206,18 @@ def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
     if cells["epsg"].nunique() < 2:
         return cells.iloc[0:0][KEY]
     footprints = cell_footprints(cells)
-    pairs = _overlapping_pairs(footprints)
-    losers = []
-    for left, right, overlap in pairs:
-        a, b = footprints.loc[left], footprints.loc[right]
-        if _share_of_cell(overlap, int(a["epsg"])) <= min_share:
-            continue
-        lon = (overlap.centroid.x + 180.0) % 360.0 - 180.0
-        a_far = _degrees_apart(lon, central_meridian(int(a["epsg"]))) > _degrees_apart(
-            lon, central_meridian(int(b["epsg"]))
-        )
-        losers.append(a if a_far else b)
-    if not losers:
-        return cells.iloc[0:0][KEY]
-    return pd.DataFrame(losers)[KEY].drop_duplicates().astype("int64").reset_index(drop=True)
+    left, right, overlap = _overlapping_pairs(footprints)
+    a, b = footprints.loc[left, KEY].to_numpy(), footprints.loc[right, KEY].to_numpy()
+    lon = (shapely.get_x(shapely.centroid(overlap)) + 180.0) % 360.0 - 180.0
+    a_far = _degrees_apart(lon, _meridians(a[:, 0])) > _degrees_apart(lon, _meridians(b[:, 0]))
+    large = _shares_of_cell(overlap, a[:, 0]) > min_share
+    losers = np.where(a_far[:, None], a, b)[large]
+    return pd.DataFrame(losers, columns=KEY).drop_duplicates().astype("int64").reset_index(drop=True)
 
 
-def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> list[tuple[int, int, shapely.Geometry]]:
-    """Pairs of footprints of different zones that intersect (left's EPSG code below right's), with the
-    overlap, the globe's longitudes wrapped."""
+def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of footprints of different zones that intersect (left's EPSG code below right's): their index
+    labels and the overlaps, the globe's longitudes wrapped."""
     turned = []
     for turn in (-360.0, 360.0):  # copies of the cells near 180 degrees, one turn away
         near = footprints.bounds["maxx"] > 180.0 if turn < 0 else footprints.bounds["minx"] < -174.0
@@ -232,15 +228,21 @@ def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> list[tuple[int, int, sha
     everywhere["cell"] = everywhere.index
     joined = gpd.sjoin(everywhere.reset_index(drop=True), footprints, predicate="intersects")
     joined = joined[joined["epsg_left"] < joined["epsg_right"]]
-    pairs: dict[tuple[int, int], shapely.Geometry] = {}
-    for left, right, geometry in zip(joined["cell"], joined["index_right"], joined.geometry, strict=True):
-        overlap = geometry.intersection(footprints.geometry.loc[right])
-        if not overlap.is_empty:
-            pairs.setdefault((int(left), int(right)), overlap)
-    return [(left, right, overlap) for (left, right), overlap in pairs.items()]
+    overlap = shapely.intersection(
+        joined.geometry.to_numpy(), footprints.geometry.loc[joined["index_right"]].to_numpy()
+    )
+    pairs = pd.DataFrame(
+        {"left": joined["cell"].to_numpy(), "right": joined["index_right"].to_numpy(), "overlap": overlap}
+    )
+    pairs = pairs[~shapely.is_empty(overlap)].drop_duplicates(["left", "right"])  # a pair seen again one turn away
+    return pairs["left"].to_numpy(), pairs["right"].to_numpy(), pairs["overlap"].to_numpy()
 
 
-def _degrees_apart(lon: Any, meridian: float) -> Any:
+def _meridians(epsg: np.ndarray) -> np.ndarray:
+    return np.array([central_meridian(int(code)) for code in epsg], dtype=np.float64)
+
+
+def _degrees_apart(lon: Any, meridian: Any) -> Any:
     return abs((lon - meridian + 180.0) % 360.0 - 180.0)
 
 
@@ -272,12 +274,16 @@ def _from_lonlat(epsg: int) -> Transformer:
     return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
-def _share_of_cell(overlap_lonlat: shapely.Geometry, epsg: int) -> float:
-    if overlap_lonlat.is_empty:
-        return 0.0
-    to_utm = _from_lonlat(epsg)
-    projected = shapely.transform(overlap_lonlat, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
-    return float(projected.area) / CELL_M**2
+def _shares_of_cell(overlap_lonlat: np.ndarray, epsg: np.ndarray) -> np.ndarray:
+    """Each overlap's area in zone ``epsg`` (per overlap) as a share of a cell's."""
+    area = np.zeros(len(overlap_lonlat))
+    for code in np.unique(epsg):
+        to_utm, mine = _from_lonlat(int(code)), epsg == code
+        projected = shapely.transform(
+            overlap_lonlat[mine], lambda xy, t=to_utm: np.column_stack(t.transform(xy[:, 0], xy[:, 1]))
+        )
+        area[mine] = shapely.area(projected)
+    return area / CELL_M**2
 
 
 def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.GeoDataFrame:
