@@ -230,19 +230,25 @@ RUN_TASKS = "run_tasks" if hasattr(build_module, "run_tasks") else "_run"
 
 
 @contextmanager
-def no_tasks() -> Iterator[None]:
-    """``pipeline.build``'s task runner for runs whose tasks are all done: it must be handed no task (no cluster)."""
+def no_tasks(stand_ins: dict[str, Callable[..., Any]] | None = None) -> Iterator[list[str]]:
+    """``pipeline.build``'s task runner for runs whose tasks are all done: it must be handed no task (no
+    cluster), except those of the stages in ``stand_ins``, which answer them (``stand_in(*task_args)``)
+    without a worker. Yields the names of the tasks they answered."""
     original = getattr(build_module, RUN_TASKS)
+    answered: list[str] = []
 
     def run(client: Any, tasks: Any, stage: str, progress: Any) -> list[Any]:
         tasks = list(tasks)
+        if tasks and stage in (stand_ins or {}):
+            answered.extend(name for name, _, _ in tasks)
+            return [stand_ins[stage](*args) for _, _, args in tasks]  # type: ignore[index]
         if tasks:
             raise RuntimeError(f"{len(tasks)} {stage} tasks left to run: the work state is incomplete")
         return []
 
     setattr(build_module, RUN_TASKS, run)
     try:
-        yield
+        yield answered
     finally:
         setattr(build_module, RUN_TASKS, original)
 
@@ -947,6 +953,8 @@ FUNCTIONS: tuple[tuple[Any, str, str], ...] = (
     (pipeline_tables, "scene_table", "scenes.scene_table (in merge_scenes)"),
     (pipeline_work, "load_inspection", "work.load_inspection"),
     (build_module, "plan_corpus", "plan.plan_corpus"),
+    (build_module, "extend_plan", "plan.extend_plan"),
+    (stages_plan, "cross_zone_neighbours", "plan.cross_zone_neighbours"),
     (stages_plan, "_threshold_reasons", "plan._threshold_reasons"),
     (stages_plan, "_mark_duplicates", "plan._mark_duplicates"),
     (stages_plan, "_mark_zone_overlaps", "plan._mark_zone_overlaps"),
@@ -994,26 +1002,34 @@ def _write_markers(files: LocalFiles, observations: pd.DataFrame, n_bands: int, 
         files.write(shard_marker(int(shard)), f'{json.dumps(asdict(result))[:-1]}, "moments": {moments}}}'.encode())
 
 
-def client_at_scale(n_scenes: int, seed: int, root: Path) -> dict[str, Any]:
-    """Run in a fresh process: the client's steps of a build of ``n_scenes`` generated scenes (part 2)."""
-    reset_peak_rss()
-    steps = Steps()
-    world = synthetic_world(n_scenes, seed)
-    rss_after_world = _rss_mb()
+def client_steps(
+    records: Sequence[SceneRecord],
+    candidates: pd.DataFrame,
+    root: Path,
+    steps: Steps,
+    base: Any = None,
+    stand_ins: dict[str, Callable[..., Any]] | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The client's steps of ``pipeline.build._update`` for a build of ``records`` into ``root`` (or, over the
+    ``base`` corpus reader, an extension by them), every task's output written beforehand as the task writes
+    it, or answered by ``stand_ins`` (see ``no_tasks``).
+
+    Returns the plan, the manifest and the untimed setup (seconds; the names of the tasks stood in for)."""
     files = LocalFiles(root)
     work = WorkState(files)
     options = BuildOptions(source="/archive", out=root, query=SceneQuery(), rules=RULES)
     n_bands = len(selected_bands(RULES.bands))
-    setup: dict[str, float] = {"world_s": world.seconds}
-    with steps.wrapped(FUNCTIONS), no_tasks():
+    setup: dict[str, Any] = {}
+    with steps.wrapped(FUNCTIONS), no_tasks(stand_ins) as answered:
         with steps.step("catalog: scene table, work state, merge_scenes, records"):
-            work.record_scenes(scene_table(world.records, {"source": options.source, **options.query.as_dict()}))
+            work.record_scenes(scene_table(records, {"source": options.source, **options.query.as_dict()}))
             found = work.scenes()
             assert found is not None
-            scenes = pipeline_tables.merge_scenes(None, found)
-            new = records_from_table(pipeline_tables.ok_scenes(scenes))
+            scenes = pipeline_tables.merge_scenes(base.table("scenes") if base else None, found)
+            known = set(base.table("scenes")["product"]) if base else set()
+            new = [r for r in records_from_table(pipeline_tables.ok_scenes(scenes)) if r.product not in known]
         started = time.perf_counter()
-        by_product = dict(tuple(world.candidates.groupby("product", sort=False)))
+        by_product = dict(tuple(candidates.groupby("product", sort=False)))
         for record in new:
             result = InspectResult(record.product, OK, epsg=record.epsg, candidates=by_product[record.product])
             save_inspection(result, files, work.inspection_key(record.product))
@@ -1024,23 +1040,38 @@ def client_at_scale(n_scenes: int, seed: int, root: Path) -> dict[str, Any]:
         with steps.step("apply_inspection"):
             scenes = pipeline_tables.apply_inspection(scenes, inspected)
             scenes = pipeline_tables.reject(scenes, work.read_failures())
-        with steps.step("plan (build._plan: concat + plan_corpus)"):
-            plan = build_module._plan(None, scenes, inspected, RULES)
+        with steps.step("plan (build._plan)"):
+            plan = build_module._plan(base, scenes, inspected, RULES)
         with steps.step("create patch array (build._prepare_array)"):
-            build_module._prepare_array(files, plan, None, RULES)
-        added = plan.observations
+            build_module._prepare_array(files, plan, base, RULES)
+        added = plan.observations[plan.observations["shard"] >= build_module._first_shard(base)]
         started = time.perf_counter()
-        _write_markers(files, added, n_bands, np.random.default_rng(seed))
+        _write_markers(files, added, n_bands, np.random.default_rng(len(records)))
         setup["markers_written_s"] = time.perf_counter() - started
         with steps.step("gather shard markers (build._materialize)"):
             shards, written, failures = build_module._materialize(None, files, scenes, added, RULES, None)
             assert not failures
+            if base is not None:
+                shards = pd.concat([base.table("shards"), shards], ignore_index=True)
         with steps.step("moments (build._moments)"):
-            moments = build_module._moments(None, files, plan.observations, None, n_bands, None, written)
+            moments = build_module._moments(None, files, plan.observations, base, n_bands, None, written)
         with steps.step("commit (build._commit)"):
-            manifest = build_module._commit(files, options, None, 1, scenes, plan, shards, moments)
+            version = base.version + 1 if base else 1
+            manifest = build_module._commit(files, options, base, version, scenes, plan, shards, moments)
         with steps.step("remove work state"):
             work.remove()
+    setup["stood_in_for"] = answered
+    return plan, manifest, setup
+
+
+def client_at_scale(n_scenes: int, seed: int, root: Path) -> dict[str, Any]:
+    """Run in a fresh process: the client's steps of a build of ``n_scenes`` generated scenes (part 2)."""
+    reset_peak_rss()
+    steps = Steps()
+    world = synthetic_world(n_scenes, seed)
+    rss_after_world = _rss_mb()
+    plan, manifest, setup = client_steps(world.records, world.candidates, root, steps)
+    setup["world_s"] = world.seconds
     fates = plan.candidates["drop_reason"].replace("", "kept").value_counts()
     stacks = plan.observations.groupby("location_id").size()
     return {

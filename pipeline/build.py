@@ -447,25 +447,26 @@ def _moments(
     """Per-shard band moments of the training split; shards whose training patches did not change reuse
     the previous version's moments, and those just ``written`` the moments their tasks took; the others
     are computed, one task per shard."""
-    train = observations[observations["split"] == "train"]
-    groups = {int(s): g["obs"].sort_values().tolist() for s, g in train.groupby("shard")}
-    keys = {s: moments_key(obs) for s, obs in groups.items()}
-    known = base.table("moments").set_index("key") if base is not None else pd.DataFrame()
+    train = observations.loc[observations["split"] == "train", ["shard", "obs"]].sort_values("obs")
+    groups = {int(s): obs for s, obs in train.groupby("shard")["obs"].agg(list).items()}
+    keys = pd.Series({s: moments_key(obs) for s, obs in groups.items()}, dtype=object)
+    parts = [base.table("moments")] if base is not None else []
     if written:  # computed from the patches while they were written: no second read
-        fresh_rows = pd.DataFrame(written).set_index("key")
-        known = fresh_rows if known.empty else pd.concat([known[fresh_rows.columns], fresh_rows])
-    todo = [s for s in groups if keys[s] not in known.index]
+        parts.append(pd.DataFrame(written))
+    columns = ["key", "count", "mean", "m2"]
+    known = (
+        pd.concat([p[columns] for p in parts]).drop_duplicates("key", keep="last").set_index("key") if parts else None
+    )
+    todo = keys.index[~keys.isin(known.index)] if known is not None else keys.index
     tasks = [(f"stats-{s}", shard_moments, (files, groups[s], n_bands)) for s in todo]
     done = run_tasks(client, tasks, "stats", progress)
-    fresh = dict(zip(todo, done, strict=True))
-    rows = []
-    for shard, key in keys.items():
-        if shard in fresh:
-            m = fresh[shard]
-            rows.append({"shard": shard, "key": key, "count": m.count, "mean": m.mean, "m2": m.m2})
-        else:
-            rows.append({"shard": shard, "key": key, **known.loc[key, ["count", "mean", "m2"]].to_dict()})
-    return pd.DataFrame(rows, columns=["shard", "key", "count", "mean", "m2"])
+    fresh = pd.DataFrame(
+        [{"key": keys[s], "count": m.count, "mean": m.mean, "m2": m.m2} for s, m in zip(todo, done, strict=True)],
+        columns=columns,
+    ).set_index("key")
+    known = fresh if known is None else pd.concat([known, fresh])
+    rows = pd.DataFrame({"shard": keys.index.astype("int64"), "key": keys.to_numpy()})
+    return rows.join(known[["count", "mean", "m2"]], on="key").reset_index(drop=True)
 
 
 def band_statistics(moments: pd.DataFrame, n_bands: int) -> BandStatistics:
