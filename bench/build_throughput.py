@@ -364,7 +364,8 @@ def own_cpu() -> float:
 
 
 class WorkerSampler(threading.Thread):
-    """Samples RSS and CPU time of this process's child processes (the Dask workers) until stopped.
+    """Samples RSS and CPU time of this process's child processes (the Dask workers), and the RSS of this
+    process (the client), until stopped.
 
     The list of children is refreshed once a second and the samples read only ``/proc/<pid>/stat`` and
     ``statm``, so the sampler costs about 2 % of a core, not the 10 % a full scan every 20 ms costs.
@@ -375,6 +376,7 @@ class WorkerSampler(threading.Thread):
         self.interval, self.rescan = interval, rescan
         self.peak_rss: dict[int, int] = {}
         self.cpu_seconds: dict[int, float] = {}
+        self.client_rss_before = self.client_peak_rss = psutil.Process().memory_info().rss
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -384,6 +386,7 @@ class WorkerSampler(threading.Thread):
                 children, scanned = me.children(recursive=True), time.monotonic()
             for child in children:
                 self._sample(child)
+            self.client_peak_rss = max(self.client_peak_rss, me.memory_info().rss)
 
     def _sample(self, child: psutil.Process) -> None:
         try:
@@ -447,6 +450,8 @@ class BuildRun:
     worker_cpu_s: float
     worker_peak_rss_mb: float
     worker_processes: int
+    client_rss_before_mb: float
+    client_peak_rss_mb: float
     machine_busy_cpu_s: float
     machine_steal_cpu_s: float
 
@@ -477,6 +482,8 @@ def run_build(archive: Path, out: Path, workers: int, rules: Rules) -> BuildRun:
         worker_cpu_s=sum(sampler.cpu_seconds.values()),
         worker_peak_rss_mb=max(sampler.peak_rss.values(), default=0) / 2**20,
         worker_processes=len(sampler.peak_rss),
+        client_rss_before_mb=sampler.client_rss_before / 2**20,
+        client_peak_rss_mb=sampler.client_peak_rss / 2**20,
     )
 
 
@@ -709,6 +716,8 @@ def figures(limits: Limits, build: BuildRun, facts: CorpusFacts, workers: int) -
         "memory": {
             "task_peak_rss_mb": float(shards["peak_rss_mb"].max()),
             "sampled_worker_peak_rss_mb": build.worker_peak_rss_mb,
+            "client_rss_before_mb": build.client_rss_before_mb,
+            "client_peak_rss_mb": build.client_peak_rss_mb,
         },
     }
 
@@ -777,6 +786,8 @@ TABLE: tuple[tuple[str, Callable[[Row], Any]], ...] = (
                                                                     r["load"]["other_cpu_s_during_limit"]["busy"])),
     ("peak RSS MB: task / sampled worker", lambda r: _pair(r["memory"]["task_peak_rss_mb"],
                                                           r["memory"]["sampled_worker_peak_rss_mb"])),
+    ("client RSS MB: before / peak during the build", lambda r: _pair(r["memory"]["client_rss_before_mb"],
+                                                                      r["memory"]["client_peak_rss_mb"])),
 )  # fmt: skip
 
 

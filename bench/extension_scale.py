@@ -15,11 +15,11 @@ two sizes (``--scenes`` and a tenth of it):
    it, so no pixel is made); its steps are timed too, as the baseline;
 2. the extension: the same client steps over that corpus, given only the new scenes (what an incremental
    STAC query returns), timed step by step. The newest datatakes are taken whole (DLR processes a
-   datatake's tiles together). Shards whose training patches the extension changes (observations retired
-   by a new scene's overlap) have their moments computed again by a stats task on a worker; here, without
-   pixels, made-up moments answer those tasks and their count is recorded. Its plan is
-   ``pipeline.build._plan``, which reads the corpus's tables and calls ``stages.plan.extend_plan``: only the cells the new scenes touch, and the
-   cells of other zones that overlap them, are decided again;
+   datatake's tiles together). Its plan is ``pipeline.build._plan``, which reads the corpus's tables and
+   calls ``stages.plan.extend_plan``: only the cells the new scenes touch, and the cells of other zones
+   that overlap them, are decided again. Shards whose training patches the extension changes
+   (observations retired by a new scene's overlap) have their moments computed again by a stats task on
+   a worker; here, without pixels, made-up moments answer those tasks and their count is recorded;
 3. on the same inputs, in the same process: *a fresh plan of the whole* (``plan_corpus`` over every
    candidate, no corpus: what a rebuild plans) and *the whole re-planned* as extensions did before
    (``plan_corpus`` over every candidate with the corpus's locations and placed observations). The
@@ -49,7 +49,7 @@ from spectralearth_scale import (
     RULES,
     SPECTRALEARTH,
     Steps,
-    _rounded,
+    append_row,
     client_steps,
     git_commit,
     in_fresh_process,
@@ -207,10 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             shutil.rmtree(root.parent, ignore_errors=True)
     row["seconds"] = time.perf_counter() - started
-    row = _rounded(row)
-    with args.out.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-    print(report(row))
+    print(report(append_row(args.out, row)))
     return 0
 
 

@@ -1436,11 +1436,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     row["load_end"] = system_load()
     row["seconds"] = time.perf_counter() - started
-    row = _rounded(row)
-    with args.out.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-    print(report(row))
+    print(report(append_row(args.out, row)))
     return 0
+
+
+def append_row(out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Round the row's floats and append it to ``out`` as one JSON line; return the rounded row."""
+    row = _rounded(row)
+    with out.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    return row
 
 
 if __name__ == "__main__":
