@@ -135,17 +135,6 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def local_size(href: str) -> int | None:
-    """Size in bytes of a local file or ZIP member; None when the href is remote."""
-    if not is_local(href):
-        return None
-    zipped = _VSIZIP.match(href)
-    if zipped is None:
-        return os.path.getsize(href.removeprefix("file://"))
-    with zipfile.ZipFile(zipped["archive"]) as archive:
-        return archive.getinfo(zipped["member"]).file_size
-
-
 @contextmanager
 def open_raster(href: str) -> Iterator[rasterio.DatasetReader]:
     """Open a raster href with rasterio; remote hrefs are read by ranged requests, never downloaded whole.

@@ -9,17 +9,18 @@ record says of it (from METADATA.XML's ``product/ortho/projection`` and dimensio
 
 from __future__ import annotations
 
-import math
+import io
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import rasterio
+import tifffile
 from rasterio.errors import RasterioError
 
 from spectral_corpus.catalog.bands import N_BANDS, NODATA
-from spectral_corpus.catalog.hrefs import local_size, open_raster
+from spectral_corpus.catalog.hrefs import is_local, open_local, open_raster
 from spectral_corpus.catalog.metadata import projection_name
 from spectral_corpus.catalog.product import REQUIRED_QUALITY
 from spectral_corpus.catalog.rejections import RejectedError, Rejection
@@ -101,7 +102,7 @@ def _check_image(image: rasterio.DatasetReader, href: str) -> None:
         raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image dtype {image.dtypes[0]}, expected int16")
     if image.nodata is not None and image.nodata != NODATA:
         raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
-    _check_blocks_present(image, href)
+    _check_blocks_present(href)
 
 
 def _check_catalog(record: SceneRecord, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
@@ -143,21 +144,23 @@ def gdal_reasons(error: BaseException) -> str:
     return "; ".join(causes) or str(error)
 
 
-def _check_blocks_present(image: rasterio.DatasetReader, href: str) -> None:
-    """Fail fast on a truncated GeoTIFF: every block must end inside the file."""
-    size = local_size(href)
-    if size is None:
+def _check_blocks_present(href: str) -> None:
+    """Fail fast on a truncated GeoTIFF: every block of the image must end inside the file (the strip or
+    tile offsets and byte counts of its first IFD, read at once by tifffile).
+
+    Checked where the file can be sought: local files and stored ZIP members. Not remote images, nor
+    compressed ZIP members (a ZIP cut short fails on opening, its central directory being at the end)."""
+    if not is_local(href):
         return
-    block_h, block_w = image.block_shapes[0]
-    n_y, n_x = math.ceil(image.height / block_h), math.ceil(image.width / block_w)
-    end = 0
-    for band in range(1, image.count + 1):
-        for i in range(n_x):
-            for j in range(n_y):
-                offset = image.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=band)
-                length = image.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=band)
-                if offset is not None and length is not None:
-                    end = max(end, int(offset) + int(length))
+    with open_local(href) as file:
+        if not file.seekable():
+            return
+        size = file.seek(0, io.SEEK_END)
+        file.seek(0)  # tifffile reads from where the file stands
+        with tifffile.TiffFile(file) as tiff:
+            page = tiff.pages.first
+            ends = np.asarray(page.dataoffsets, dtype=np.int64) + np.asarray(page.databytecounts, dtype=np.int64)
+    end = int(ends.max(initial=0))
     if end > size:
         truncated = f"{href}: file is truncated ({size} bytes, image data extends to {end})"
         raise RejectedError(Rejection.TRUNCATED, truncated)
