@@ -130,8 +130,13 @@ def source_key() -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(cache: Path, replicas: int, seed: int) -> BenchData:
-    """Build (once) the corpus of ``write_example(seed, replicas)`` and export it; reuse a complete cache."""
+def prepare(cache: Path, replicas: int, seed: int, extras: bool = True, scratch: Path | None = None) -> BenchData:
+    """Build (once) the corpus of ``write_example(seed, replicas)`` and export it; reuse a complete cache.
+
+    ``extras``: also the band-interleaved copy of the export and (when installed) the WebDataset shards;
+    ``python -m bench`` passes False and writes its formats per run (disk space). ``scratch``: where the
+    example products go while the corpus is built (removed afterwards; default: inside the cache).
+    """
     root = cache / f"r{replicas}-s{seed}-{source_key()}"
     data = BenchData(
         root / "corpus", root / "spectralearth", root / "spectralearth-band-default-strips", root / "webdataset", 0.0
@@ -139,19 +144,22 @@ def prepare(cache: Path, replicas: int, seed: int) -> BenchData:
     started = time.perf_counter()
     if not (root / "COMPLETE").exists():
         shutil.rmtree(root, ignore_errors=True)
-        example = write_example(root / "products", seed=seed, replicas=replicas)
-        options = BuildOptions(
-            source=str(example.archive), out=data.corpus, query=SceneQuery(), rules=Rules(), workers=2
-        )
-        build_corpus(options)
-        export_spectralearth(CorpusReader(data.corpus), data.export)
-        shutil.rmtree(root / "products")  # the archive is not needed once the corpus exists
+        products = root / "products" if scratch is None else Path(tempfile.mkdtemp(prefix="products-", dir=scratch))
+        try:
+            example = write_example(products, seed=seed, replicas=replicas)
+            options = BuildOptions(
+                source=str(example.archive), out=data.corpus, query=SceneQuery(), rules=Rules(), workers=2
+            )
+            build_corpus(options)
+            export_spectralearth(CorpusReader(data.corpus), data.export)
+        finally:
+            shutil.rmtree(products, ignore_errors=True)  # the archive is not needed once the corpus exists
         (root / "COMPLETE").write_text(json.dumps({"replicas": replicas, "seed": seed}))
-    if not (data.export_band / "COMPLETE").exists():
+    if extras and not (data.export_band / "COMPLETE").exists():
         shutil.rmtree(data.export_band, ignore_errors=True)
         band_interleaved_copy(data.export, data.export_band)
         (data.export_band / "COMPLETE").write_text("")
-    if wds is not None and not (data.webdataset / "COMPLETE").exists():
+    if extras and wds is not None and not (data.webdataset / "COMPLETE").exists():
         write_webdataset(data.corpus, data.webdataset)
     return BenchData(data.corpus, data.export, data.export_band, data.webdataset, time.perf_counter() - started)
 
@@ -218,14 +226,18 @@ def versions() -> dict[str, str]:
 # --- WebDataset: a streaming format ML users pick instead ------------------------------------------------
 
 
-def write_webdataset(corpus: Path, root: Path) -> None:
-    """The corpus's patches as WebDataset tar shards of ``WDS_SHARD`` samples, ``<obs>.npy`` int16 (uncompressed)."""
+def write_webdataset(corpus: Path, root: Path, observations: Iterable[int] | None = None) -> None:
+    """The corpus's patches as WebDataset tar shards of ``WDS_SHARD`` samples, ``<obs>.npy`` int16 (uncompressed).
+
+    ``observations``: the obs ids to write, in this order (default: every observation, by obs id).
+    """
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     reader = CorpusReader(corpus)
+    chosen = range(reader.manifest.n_obs) if observations is None else observations
     with wds.ShardWriter(str(root / "shard-%04d.tar"), maxcount=WDS_SHARD, verbose=0) as sink:
-        for obs in range(reader.manifest.n_obs):
-            sink.write({"__key__": f"{obs:08d}", "npy": reader.read_patch(obs)})
+        for obs in chosen:
+            sink.write({"__key__": f"{int(obs):08d}", "npy": reader.read_patch(int(obs))})
     (root / "COMPLETE").write_text("")
 
 
@@ -234,11 +246,26 @@ def stack_images(samples: Sequence[tuple[np.ndarray]]) -> dict[str, torch.Tensor
     return {"image": torch.from_numpy(np.stack([sample[0] for sample in samples]))}
 
 
-def webdataset_loader(root: Path, workers: int, batch_size: int) -> DataLoader[Any]:
-    """The usual WebDataset pipeline: tar shards split over workers, ``.npy`` decoded, batched in the worker."""
+def stack_images_and_obs(samples: Sequence[tuple[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """As :func:`stack_images`, plus each sample's obs id (its ``__key__``) as ``obs``."""
+    return {
+        "image": torch.from_numpy(np.stack([sample[1] for sample in samples])),
+        "obs": torch.tensor([int(sample[0]) for sample in samples], dtype=torch.int64),
+    }
+
+
+def webdataset_loader(root: Path, workers: int, batch_size: int, with_obs: bool = False) -> DataLoader[Any]:
+    """The usual WebDataset pipeline: tar shards split over workers, ``.npy`` decoded, batched in the worker.
+
+    ``with_obs``: batches also carry each sample's obs id (``obs``, from the key), as ``python -m bench``
+    needs to check the pixels.
+    """
     shards = [str(path) for path in sorted(root.glob("shard-*.tar"))]
-    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode().to_tuple("npy")
-    batches = dataset.batched(batch_size, collation_fn=stack_images)
+    dataset = wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode()
+    if with_obs:
+        batches = dataset.to_tuple("__key__", "npy").batched(batch_size, collation_fn=stack_images_and_obs)
+    else:
+        batches = dataset.to_tuple("npy").batched(batch_size, collation_fn=stack_images)
     return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
 
