@@ -53,7 +53,7 @@ from spectral_corpus.pipeline.lock import Lease, writer_lock
 from spectral_corpus.pipeline.outcomes import DryRun, Published, RunResult, Unchanged
 from spectral_corpus.pipeline.progress import Progress, log
 from spectral_corpus.pipeline.reader import CorpusReader
-from spectral_corpus.pipeline.work import ReadFailures, WorkState, save_inspection
+from spectral_corpus.pipeline.work import Inspections, ReadFailures, WorkState, save_inspection
 from spectral_corpus.stages.commit import VersionTables, commit_version, read_current
 from spectral_corpus.stages.failpoints import failpoint
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS, InspectResult, inspect_scene
@@ -323,7 +323,7 @@ def _inspect(client: Client, work: WorkState, records: list[Any], progress: Prog
     todo = [r for r in records if r.product not in done]
     tasks = [(f"inspect-{r.product}", inspect_task, (r, work.files, work.inspection_key(r.product))) for r in todo]
     run_tasks(client, tasks, "inspect", progress)
-    return [work.inspection(r.product) for r in records]
+    return work.inspections([r.product for r in records])
 
 
 def inspect_task(record: Any, files: CorpusFiles, key: str) -> str:
@@ -337,9 +337,7 @@ def inspect_task(record: Any, files: CorpusFiles, key: str) -> str:
 def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[InspectResult], rules: Rules) -> Plan:
     """Plan a build over the new scenes' candidates; an extension decides again only the cells they touch."""
     in_use = tables.ok_scenes(scenes)
-    products = set(in_use["product"])
-    frames = [r.candidates for r in inspected if r.product in products and len(r.candidates)]
-    candidates = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    candidates = _candidates_in_use(inspected, set(in_use["product"]))
     if base is None:
         return plan_corpus(candidates, in_use, rules)
     return extend_plan(
@@ -351,6 +349,20 @@ def _plan(base: CorpusReader | None, scenes: pd.DataFrame, inspected: list[Inspe
         placed=base.table("observations"),
         first_obs=_first_shard(base) * rules.shard_size,
     )
+
+
+def _candidates_in_use(inspected: list[InspectResult], products: set[str]) -> pd.DataFrame:
+    """The candidates of the inspected scenes among ``products``, in order, as one table. Inspections gathered
+    into one table (``work.Inspections``) give that table, or its rows of those scenes: no copy of it."""
+    if isinstance(inspected, Inspections):
+        used = [r.product in products for r in inspected]
+        keep = np.repeat(used, [len(r.candidates) for r in inspected])
+        if keep.any():
+            table = inspected.candidates
+            return table if keep.all() else table[keep].reset_index(drop=True)
+        return pd.DataFrame(columns=CANDIDATE_COLUMNS)
+    frames = [r.candidates for r in inspected if r.product in products and len(r.candidates)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS)
 
 
 def _first_shard(base: CorpusReader | None) -> int:

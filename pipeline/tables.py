@@ -7,9 +7,9 @@ import pandas as pd
 
 from spectral_corpus.catalog.rejections import Rejection
 from spectral_corpus.catalog.scenes import OK, REJECTED, keep_newest, records_from_table, scene_table
-from spectral_corpus.corpus_format import FLAGS, PATCH_PX, SCHEMAS
+from spectral_corpus.corpus_format import PATCH_PX, SCHEMAS
 from spectral_corpus.stages.inspect import InspectResult
-from spectral_corpus.stages.plan import KEY, Plan
+from spectral_corpus.stages.plan import KEY, Plan, joined
 
 #: The public observation columns, in the format's order.
 OBSERVATION_COLUMNS = SCHEMAS["observations"].names
@@ -25,7 +25,7 @@ def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame
     if base is None:
         table = scene_table(keep_newest(records_from_table(found)), query)
         table.insert(0, "scene_id", np.arange(len(table), dtype=np.int64))
-        return table
+        return _band_lists_held_once(table)
     new = found[~found["product"].isin(base["product"])]
     table = scene_table(keep_newest(records_from_table(base) + records_from_table(new)), query)
     ids = dict(zip(base["product"], base["scene_id"], strict=True))
@@ -33,6 +33,27 @@ def merge_scenes(base: pd.DataFrame | None, found: pd.DataFrame) -> pd.DataFrame
     start = int(base["scene_id"].max()) + 1 if len(base) else 0
     ids.update({p: start + i for i, p in enumerate(fresh)})
     table.insert(0, "scene_id", table["product"].map(ids).astype("int64"))
+    return _band_lists_held_once(table)
+
+
+#: The scene table's lists of per-band figures.
+BAND_LISTS = ("wavelengths_nm", "fwhm_nm")
+
+
+def _band_lists_held_once(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (changed in place) with one list object for each distinct list of per-band figures: a
+    scene's own pair is about 15 kB of Python floats, and the scenes of one calibration list the same.
+    Lists are the same when their floats are, bit for bit (0.0 and -0.0 differ; NaN equals NaN)."""
+    for column in BAND_LISTS:
+        if column not in table.columns:
+            continue
+        held: dict[bytes, list[float]] = {}
+        lists = np.empty(len(table), dtype=object)
+        for row, values in enumerate(table[column]):
+            if isinstance(values, list) and all(type(value) is float for value in values):
+                values = held.setdefault(np.array(values, dtype=np.float64).tobytes(), values)
+            lists[row] = values
+        table[column] = lists
     return table
 
 
@@ -64,10 +85,24 @@ def count_per_scene(scenes: pd.DataFrame, plan: Plan) -> pd.DataFrame:
 
 
 def observation_table(observations: pd.DataFrame, scenes: pd.DataFrame) -> pd.DataFrame:
-    """Public observation columns: ids, placement, time, pixel window and flag fractions."""
-    table = observations.merge(scenes[["product", "scene_id"]], on="product", how="left")
-    fractions = {f"frac_{flag}": (table[f"n_{flag}"] / PATCH_PX**2).astype("float32") for flag in FLAGS}
-    return table.assign(**fractions)[OBSERVATION_COLUMNS].sort_values("obs").reset_index(drop=True)
+    """Public observation columns: ids, placement, time, pixel window and flag fractions, in ``obs`` order.
+
+    Made column by column: the plan's observations are not copied whole (merged, then sorted) beside it,
+    and not at all when they are in ``obs`` order already (as a plan lays them out): the columns are shared.
+    """
+    order = observations["obs"].reset_index(drop=True).sort_values().index.to_numpy()
+    in_order = bool((order == np.arange(len(order))).all())
+    scene_ids = joined(observations[["product"]], scenes[["product", "scene_id"]], ["product"], "left")
+    columns = {}
+    for column in OBSERVATION_COLUMNS:
+        if column == "scene_id":
+            values = scene_ids["scene_id"]
+        elif column.startswith("frac_"):
+            values = (observations[f"n_{column.removeprefix('frac_')}"] / PATCH_PX**2).astype("float32")
+        else:
+            values = observations[column]
+        columns[column] = (values if in_order else values.iloc[order]).reset_index(drop=True)
+    return pd.DataFrame(columns, copy=False)
 
 
 def location_table(plan: Plan, base: pd.DataFrame | None) -> pd.DataFrame:

@@ -19,10 +19,12 @@ the version is published.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 
 from spectral_corpus.catalog.rejections import Rejection
@@ -32,6 +34,7 @@ from spectral_corpus.corpus_format import BUILD, json_bytes
 from spectral_corpus.pipeline.errors import BuildError
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS, InspectResult
 from spectral_corpus.stages.materialize import SHARD_MARKERS
+from spectral_corpus.stages.plan import NARROW_COLUMNS, narrowest_ints
 
 #: Product -> (rejection code, reason) of the scenes found unreadable while writing shards.
 ReadFailures = dict[str, tuple[Rejection, str]]
@@ -89,6 +92,10 @@ class WorkState:
         """The recorded inspection of ``product`` (FileNotFoundError if it was not inspected)."""
         return load_inspection(self.files, self.inspection_key(product))
 
+    def inspections(self, products: Sequence[str]) -> Inspections:
+        """The recorded inspections of ``products``, in order, their candidates in one table (``load_inspections``)."""
+        return load_inspections(self.files, [self.inspection_key(product) for product in products])
+
     def read_failures(self) -> ReadFailures:
         data = self.files.read_tagged(_READ_FAILURES)[0]
         recorded = json.loads(data) if data is not None else {}
@@ -116,3 +123,80 @@ def load_inspection(files: CorpusFiles, key: str) -> InspectResult:
     candidates[numeric] = candidates[numeric].astype("int64")
     code = payload.pop("rejection")
     return InspectResult(candidates=candidates, rejection=Rejection(code) if code else None, **payload)
+
+
+class Inspections(list[InspectResult]):
+    """Inspection results whose candidates are consecutive slices of one table, ``candidates``."""
+
+    def __init__(self, results: list[InspectResult], candidates: pd.DataFrame) -> None:
+        super().__init__(results)
+        self.candidates = candidates
+
+
+def load_inspections(files: CorpusFiles, keys: Sequence[str]) -> Inspections:
+    """The recorded inspections at ``keys``, in order, their candidates gathered into one table as a plan
+    holds it (``stages.plan.compact``); each result's candidates are a slice of that table (a view).
+
+    One small table per scene would cost a few kB of pandas objects beside its rows, a copy of the
+    product's name on every row and 8 bytes for each count: several times what the rows hold.
+    """
+    gathered = _GatheredCandidates()
+    found = []
+    for key in keys:
+        payload = json.loads(files.read(key))
+        start = gathered.rows
+        gathered.add(payload.pop("candidates"))
+        code = payload.pop("rejection")
+        found.append((payload, Rejection(code) if code else None, start, gathered.rows))
+    table = gathered.table()
+    results = [
+        InspectResult(candidates=table.iloc[start:stop], rejection=rejection, **payload)
+        for payload, rejection, start, stop in found
+    ]
+    return Inspections(results, table)
+
+
+class _GatheredCandidates:
+    """Candidate columns of many inspections, added scene by scene and kept in parts of narrow arrays."""
+
+    #: Scenes whose rows are narrowed into one part at a time.
+    PART_SCENES = 256
+    NUMERIC = tuple(c for c in CANDIDATE_COLUMNS if c != "product")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.parts: dict[str, list[np.ndarray]] = {column: [] for column in CANDIDATE_COLUMNS}
+        self._products: list[np.ndarray] = []
+        self._numbers: list[np.ndarray] = []
+        self._names: dict[str, str] = {}  # one Python string per product name
+
+    def add(self, candidates: dict[str, list[Any]]) -> None:
+        """Add one inspection's candidates (column -> values, as ``save_inspection`` records them)."""
+        names = [self._names.setdefault(name, name) for name in candidates["product"]]
+        self._products.append(np.array(names, dtype=object))
+        numbers = np.array([candidates[column] for column in self.NUMERIC], dtype=np.int64)
+        self._numbers.append(numbers.reshape(len(self.NUMERIC), len(names)))
+        self.rows += len(names)
+        if len(self._numbers) >= self.PART_SCENES:
+            self._narrow_part()
+
+    def _narrow_part(self) -> None:
+        if not self._numbers:
+            return
+        numbers = np.concatenate(self._numbers, axis=1)
+        for column, values in zip(self.NUMERIC, numbers, strict=True):
+            part = narrowest_ints(values) if column in NARROW_COLUMNS else values
+            self.parts[column].append(part.copy() if part.base is not None else part)  # not a view of numbers
+        self.parts["product"].append(np.concatenate(self._products))
+        self._numbers, self._products = [], []
+
+    def table(self) -> pd.DataFrame:
+        """All rows added, in order: ``product`` as shared strings, the narrow columns narrowed."""
+        self._narrow_part()
+        columns = {
+            column: np.concatenate(parts) if parts else np.empty(0, object if column == "product" else np.int64)
+            for column, parts in self.parts.items()
+        }
+        self.parts = {}
+        columns["product"] = pd.Series(columns["product"], dtype=object)
+        return pd.DataFrame(columns, columns=CANDIDATE_COLUMNS)

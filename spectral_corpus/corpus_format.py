@@ -28,11 +28,13 @@ unknown).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -373,6 +375,9 @@ def to_arrow(frame: Any, schema: pa.Schema, metadata: dict[bytes, bytes] | None 
     columns = {}
     for field in schema:
         values = frame[field.name]
+        if field.name == "geometry" and field.type == pa.binary():
+            columns[field.name] = wkb_array(values.to_numpy())
+            continue
         if field.name == "geometry":
             values = shapely.to_wkb(values.to_numpy())
         elif pa.types.is_map(field.type):
@@ -387,6 +392,53 @@ def to_arrow(frame: Any, schema: pa.Schema, metadata: dict[bytes, bytes] | None 
     if "geometry" in schema.names:
         extra[b"geo"] = json.dumps(_geo_metadata(frame["geometry"])).encode()
     return pa.table(columns, schema=schema.with_metadata(extra))
+
+
+#: Geometries encoded at a time by ``wkb_array``.
+WKB_BATCH = 16384
+
+
+def wkb_array(geometries: Any) -> pa.Array:
+    """``pa.array(shapely.to_wkb(geometries), pa.binary(), from_pandas=True)`` (missing geometries null), made
+    without a Python bytes object for every geometry at once: each batch is encoded into one buffer sized
+    beforehand. (A polygon's bytes object costs about as much as its WKB again; that is hundreds of MB
+    beside the array at SpectralEarth size.) Geometries other than polygons are encoded in one go."""
+    import shapely
+
+    missing = shapely.is_missing(geometries)
+    sizes = _polygon_wkb_sizes(geometries, missing)
+    if sizes is None or sizes.sum() > np.iinfo(np.int32).max:
+        return pa.array(shapely.to_wkb(geometries), type=pa.binary(), from_pandas=True)
+    offsets = np.zeros(len(geometries) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for start in range(0, len(geometries), WKB_BATCH):
+        stop = min(start + WKB_BATCH, len(geometries))
+        encoded = [wkb for wkb in shapely.to_wkb(geometries[start:stop]) if wkb is not None]
+        if [len(wkb) for wkb in encoded] != sizes[start:stop][~missing[start:stop]].tolist():  # not as foreseen
+            return pa.array(shapely.to_wkb(geometries), type=pa.binary(), from_pandas=True)
+        data[offsets[start] : offsets[stop]] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+    buffers = [validity, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.binary(), len(geometries), buffers, null_count=int(missing.sum()))
+
+
+def _polygon_wkb_sizes(geometries: Any, missing: np.ndarray) -> np.ndarray | None:
+    """The size of each geometry's WKB (0 when missing), when all are polygons; else None.
+
+    A polygon is a 9-byte header, then for each ring its number of points (4 bytes) and their coordinates.
+    """
+    import shapely
+
+    present = geometries[~missing]
+    if not (shapely.get_type_id(present) == shapely.GeometryType.POLYGON).all():
+        return None
+    has_m = shapely.has_m(present) if hasattr(shapely, "has_m") else np.zeros(len(present), bool)  # shapely 2.1
+    dimensions = 2 + shapely.has_z(present).astype(np.int64) + has_m.astype(np.int64)
+    rings = np.where(shapely.is_empty(present), 0, 1 + shapely.get_num_interior_rings(present))
+    sizes = np.zeros(len(geometries), dtype=np.int64)
+    sizes[~missing] = 9 + 4 * rings + 8 * dimensions * shapely.get_num_coordinates(present)
+    return sizes
 
 
 def _geo_metadata(geometries: Any) -> dict[str, Any]:
@@ -412,9 +464,10 @@ def table_bytes(frame: Any, name: str) -> bytes:
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
+    """``table`` as a Parquet file. Written into a BytesIO, whose value is its own buffer (not a copy of it)."""
+    sink = io.BytesIO()
     pq.write_table(table, sink)
-    return bytes(sink.getvalue())
+    return sink.getvalue()
 
 
 def json_bytes(document: object) -> bytes:

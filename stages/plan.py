@@ -15,6 +15,7 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
+from spectral_corpus.corpus_format import FLAGS
 from spectral_corpus.stages.grid import ANCHOR_M, CELL_M, PATCH_PX, cell_origin, cell_polygon_xy, central_meridian
 from spectral_corpus.stages.rules import Rules
 from spectral_corpus.stages.splits import assign_splits
@@ -22,6 +23,9 @@ from spectral_corpus.stages.splits import assign_splits
 KEY = ["epsg", "ix", "iy"]
 #: Reasons an observation is dropped, in the order they are decided.
 DROP_REASONS = ("nodata", "cloud", "cloudshadow", "snow", "duplicate", "zone_overlap")
+#: Columns a plan holds in the narrowest integer type their values fit (pixel counts of a patch, pixel
+#: offsets); the version's tables declare them int64, and ``corpus_format.to_arrow`` writes them so.
+NARROW_COLUMNS = ("row", "col", "n_flagged", *(f"n_{flag}" for flag in FLAGS))
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def extend_plan(
     over all candidates.
     """
     in_use = previous["product"].isin(scenes["product"]).to_numpy()
-    table = pd.concat([previous[in_use], _decided_by_thresholds(new, scenes, rules)], ignore_index=True)
+    table = compact(pd.concat([previous[in_use], _decided_by_thresholds(new, scenes, rules)], ignore_index=True))
     touched = pd.concat([new[KEY], previous.loc[~in_use, KEY]]).drop_duplicates().astype("int64")
     at_touched = _at(table, touched)
     table.loc[at_touched & table["drop_reason"].isin(["duplicate", "zone_overlap"]), "drop_reason"] = ""
@@ -85,9 +89,62 @@ def extend_plan(
 
 def _decided_by_thresholds(candidates: pd.DataFrame, scenes: pd.DataFrame, rules: Rules) -> pd.DataFrame:
     """Candidates with their scene's ``datatake``, ``tile`` and ``acquired``, dropped where a flag exceeds its rule."""
-    table = candidates.merge(scenes[["product", "datatake", "tile", "acquired"]], on="product", how="left")
+    table = joined(compact(candidates), scenes[["product", "datatake", "tile", "acquired"]], ["product"], "left")
     table["drop_reason"] = _threshold_reasons(table, rules)
     return table
+
+
+def joined(left: pd.DataFrame, right: pd.DataFrame, on: list[str], how: str) -> pd.DataFrame:
+    """``left.merge(right, on=on, how=how)`` (``how`` left or inner), each row of ``left`` looking its key up
+    in ``right``, which holds each key once: only ``right``'s columns are taken. A join's working copies (a
+    million rows: several hundred MB) are never made, nor a copy of ``left``. Keys compared as Python objects
+    (a key of strings held as object values is not turned into another string type first)."""
+    added = [column for column in right.columns if column not in on]
+    keys = right[on[0]].to_numpy(dtype=object) if len(on) == 1 else pd.MultiIndex.from_frame(right[on])
+    index = pd.Index(keys, dtype=object) if len(on) == 1 else keys
+    if not index.is_unique or set(added) & set(left.columns):  # rows repeated, names suffixed: a join's rules
+        return left.merge(right, on=on, how=how)
+    wanted = pd.Index(left[on[0]].to_numpy(dtype=object), dtype=object) if len(on) == 1 else left[on]
+    at = index.get_indexer(wanted if len(on) == 1 else pd.MultiIndex.from_frame(wanted))
+    if how == "inner" and (at < 0).any():
+        left, at = left[at >= 0], at[at >= 0]
+    taken = {column: pd.api.extensions.take(right[column].array, at, allow_fill=True) for column in added}
+    return left.reset_index(drop=True).assign(**taken)
+
+
+def compact(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as a plan holds it: ``product`` as Python strings shared by the rows of a scene (8 bytes a
+    row, not a copy of the name), and the ``NARROW_COLUMNS`` in the narrowest integer type their values fit.
+
+    Only the columns that change are copied; values, order and index stay as they are.
+    """
+    changed: dict[str, pd.Series] = {}
+    if "product" in table.columns and table["product"].dtype != object:
+        changed["product"] = shared_strings(table["product"])
+    for column in NARROW_COLUMNS:
+        if column in table.columns and isinstance(table[column].dtype, np.dtype):  # not the nullable types
+            narrow = narrowest_ints(table[column].to_numpy())
+            if narrow.dtype != table[column].dtype:
+                changed[column] = pd.Series(narrow, index=table.index)
+    return table.assign(**changed) if changed else table
+
+
+def shared_strings(values: pd.Series) -> pd.Series:
+    """String ``values`` as an object Series whose equal values are one Python string (missing ones NaN)."""
+    codes, uniques = pd.factorize(values)
+    strings = np.append(np.asarray(uniques, dtype=object), np.nan)  # code -1 (missing) takes the last
+    return pd.Series(strings[codes], index=values.index, dtype=object, name=values.name)
+
+
+def narrowest_ints(values: np.ndarray) -> np.ndarray:
+    """Signed integer ``values`` as int16 or int32 when they fit; else, or when not wider, as they are."""
+    if values.dtype.kind != "i" or values.dtype.itemsize <= 2:
+        return values
+    low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+    for dtype in (np.int16, np.int32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return values.astype(dtype) if values.dtype.itemsize > np.dtype(dtype).itemsize else values
+    return values
 
 
 def _lay_out(
@@ -126,7 +183,8 @@ def _mark_duplicates(table: pd.DataFrame, where: np.ndarray | None = None) -> No
 
     Only the rows ``where`` is true are decided (a cell's rows are all in or all out)."""
     undecided = table["drop_reason"] == ""
-    alive = table[undecided if where is None else undecided & where]
+    columns = ["n_flagged", "tile", "product", "datatake", *KEY]  # the rest is not copied
+    alive = table.loc[undecided if where is None else undecided & where, columns]
     alive = alive.sort_values(["n_flagged", "tile", "product"])
     losers = alive.duplicated(subset=["datatake", *KEY], keep="first")
     table.loc[losers[losers].index, "drop_reason"] = "duplicate"
@@ -201,8 +259,10 @@ def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
     """The cells (``epsg, ix, iy``) that overlap a cell of another zone whose meridian is nearer.
 
     Footprints astride 180 degrees run past it (``cell_footprints``); each is also looked at one turn of
-    the globe west or east, so that cells of zones 60 and 1 meet where they touch.
+    the globe west or east, so that cells of zones 60 and 1 meet where they touch. Only the cells near
+    another zone's (``_near_other_zones``) are outlined.
     """
+    cells = cells[_near_other_zones(cells)]
     if cells["epsg"].nunique() < 2:
         return cells.iloc[0:0][KEY]
     footprints = cell_footprints(cells)
@@ -213,6 +273,50 @@ def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
     large = _shares_of_cell(overlap, a[:, 0]) > min_share
     losers = np.where(a_far[:, None], a, b)[large]
     return pd.DataFrame(losers, columns=KEY).drop_duplicates().astype("int64").reset_index(drop=True)
+
+
+#: Slack (degrees) around the bounds of a cell's corners in lon/lat: its densified outline bulges past them
+#: by far less (metres at most).
+CORNER_SLACK_DEG = 0.01
+
+
+def _near_other_zones(cells: pd.DataFrame) -> np.ndarray:
+    """Whether each cell's bounds in lon/lat meet the bounds of all the cells of another zone: a superset of
+    the cells that overlap a cell of another zone, found from their corners, without outlines.
+
+    Longitudes are counted east of the cell's zone's central meridian (one turn of the globe never splits a
+    zone's cells), and another zone's shifted by the difference of the two meridians.
+    """
+    near = np.zeros(len(cells), dtype=bool)
+    epsg = cells["epsg"].to_numpy()
+    zones = pd.unique(epsg)
+    if len(zones) < 2:
+        return near
+    bounds = np.empty((len(cells), 4))  # west, south, east, north; degrees east of the meridian, degrees north
+    rows = {int(zone): np.flatnonzero(epsg == zone) for zone in zones}
+    for zone, at in rows.items():
+        lon, lat = _to_lonlat(zone).transform(*_corners(cells.iloc[at]).transpose(2, 0, 1))
+        east = _degrees_east(lon, central_meridian(zone))
+        bounds[at] = np.column_stack([east.min(axis=1), lat.min(axis=1), east.max(axis=1), lat.max(axis=1)])
+    bounds += np.array([-1.0, -1.0, 1.0, 1.0]) * CORNER_SLACK_DEG
+    extent = {zone: np.r_[bounds[at, :2].min(axis=0), bounds[at, 2:].max(axis=0)] for zone, at in rows.items()}
+    for zone, at in rows.items():
+        for other in rows:
+            if other == zone:
+                continue
+            shift = _degrees_east(central_meridian(other), central_meridian(zone))
+            west, south, east, north = extent[other] + np.array([shift, 0.0, shift, 0.0])
+            mine = extent[zone]
+            if mine[0] > east or mine[2] < west or mine[1] > north or mine[3] < south:
+                continue
+            box = bounds[at]
+            near[at] |= (box[:, 0] <= east) & (box[:, 2] >= west) & (box[:, 1] <= north) & (box[:, 3] >= south)
+    return near
+
+
+def _degrees_east(lon: Any, meridian: Any) -> Any:
+    """Longitude east of ``meridian`` (negative: west), in [-180, 180)."""
+    return (lon - meridian + 180.0) % 360.0 - 180.0
 
 
 def _overlapping_pairs(footprints: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -250,18 +354,33 @@ def cell_footprints(cells: pd.DataFrame) -> gpd.GeoDataFrame:
     """Cell outlines in lon/lat (densified), one row per ``epsg, ix, iy``, in ``cells``' order and index.
 
     A cell astride 180 degrees runs past it (longitudes above 180), so that every outline is valid.
+    Outlines are made ``FOOTPRINT_BATCH`` cells at a time (see there).
     """
+    epsg, ix, iy = (cells[column].to_numpy(dtype=np.int64) for column in KEY)
+    outlines = np.empty(len(cells), dtype=object)
+    for zone in pd.unique(epsg):
+        rows = np.flatnonzero(epsg == zone)
+        for start in range(0, len(rows), FOOTPRINT_BATCH):
+            batch = rows[start : start + FOOTPRINT_BATCH]
+            outlines[batch] = _outlines(int(zone), ix[batch], iy[batch])
+    return gpd.GeoDataFrame(cells[KEY], geometry=outlines, crs="EPSG:4326", index=cells.index)
+
+
+#: Cells outlined at a time: bounds the coordinates held at once (about 2 kB a cell) and the memory that
+#: making polygons leaves unused (GEOS copies each ring into its polygon: about 1 kB a cell).
+FOOTPRINT_BATCH = 8192
+
+
+def _outlines(epsg: int, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """The lon/lat outlines of cells ``ix``, ``iy`` of zone ``epsg`` (polygons)."""
     template = cell_polygon_xy(0, 0) - np.array(cell_origin(0, 0))
-    rings = np.empty((len(cells), len(template), 2))
-    for epsg, group in cells.groupby("epsg", sort=False):
-        rows = cells.index.get_indexer(group.index)
-        origins = np.array([cell_origin(ix, iy) for ix, iy in zip(group["ix"], group["iy"], strict=True)], float)
-        corners = (origins[:, None, :] + template[None, :, :]).reshape(-1, 2)
-        lon, lat = _to_lonlat(int(epsg)).transform(corners[:, 0], corners[:, 1])
-        rings[rows] = np.column_stack([lon, lat]).reshape(len(group), len(template), 2)
+    origins = np.column_stack(cell_origin(ix, iy)).astype(float)
+    corners = (origins[:, None, :] + template[None, :, :]).reshape(-1, 2)
+    lon, lat = _to_lonlat(epsg).transform(corners[:, 0], corners[:, 1])
+    rings = np.column_stack([lon, lat]).reshape(len(ix), len(template), 2)
     astride = rings[:, :, 0].max(axis=1) - rings[:, :, 0].min(axis=1) > 180.0
     rings[astride, :, 0] = np.where(rings[astride, :, 0] < 0, rings[astride, :, 0] + 360.0, rings[astride, :, 0])
-    return gpd.GeoDataFrame(cells[KEY], geometry=shapely.polygons(rings), crs="EPSG:4326", index=cells.index)
+    return shapely.polygons(rings)
 
 
 @functools.lru_cache(maxsize=128)
@@ -298,9 +417,9 @@ def _assign_locations(kept: pd.DataFrame, known: pd.DataFrame | None) -> gpd.Geo
     start = int(known["location_id"].max()) + 1 if len(known) else 0
     cells.loc[new, "location_id"] = np.arange(start, start + int(new.sum()))
     cells["location_id"] = cells["location_id"].astype("int64")
-    origin = np.array([cell_origin(ix, iy) for ix, iy in zip(cells["ix"], cells["iy"], strict=True)]).reshape(-1, 2)
-    cells["x"] = origin[:, 0] + CELL_M / 2
-    cells["y"] = origin[:, 1] - CELL_M / 2
+    x0, y1 = cell_origin(cells["ix"].to_numpy(dtype=np.int64), cells["iy"].to_numpy(dtype=np.int64))
+    cells["x"] = x0 + CELL_M / 2
+    cells["y"] = y1 - CELL_M / 2
     geometry = pd.Series(None, index=cells.index, dtype=object)
     if outlines is not None:
         geometry[~new] = outlines.reindex(pd.MultiIndex.from_frame(cells.loc[~new, KEY])).to_numpy()
@@ -313,7 +432,7 @@ def _layout(
     kept: pd.DataFrame, locations: pd.DataFrame, rules: Rules, placed: pd.DataFrame | None, first_obs: int
 ) -> pd.DataFrame:
     """Keep placed observations where they are; order the new ones and number shards and slots."""
-    table = kept.merge(locations[["location_id", *KEY, "x", "y", "split"]], on=KEY)
+    table = joined(kept, locations[["location_id", *KEY, "x", "y", "split"]], KEY, "inner")
     table = table.drop(columns=["drop_reason"])
     if placed is None or placed.empty:
         return _number(table, rules, first_obs)
