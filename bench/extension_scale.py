@@ -20,9 +20,10 @@ two sizes (``--scenes`` and a tenth of it):
    that overlap them, are decided again. Shards whose training patches the extension changes
    (observations retired by a new scene's overlap) have their moments computed again by a stats task on
    a worker; here, without pixels, made-up moments answer those tasks and their count is recorded;
-3. on the same inputs, in the same process: *a fresh plan of the whole* (``plan_corpus`` over every
-   candidate, no corpus: what a rebuild plans) and *the whole re-planned* as extensions did before
-   (``plan_corpus`` over every candidate with the corpus's locations and placed observations). The
+3. on the same inputs, in the same process, the tables already read: *a fresh plan of the whole*
+   (``plan_corpus`` over every candidate, no corpus: what a rebuild plans), *the whole re-planned* as
+   extensions did before (``plan_corpus`` over every candidate with the corpus's locations and placed
+   observations) and ``extend_plan`` itself. The
    extension's plan must equal the latter (candidates' fates, observations, locations), else the run fails.
 
 Figures: CPU s of each, the ratios extension plan / fresh plan and extension client / build client, and
@@ -65,7 +66,7 @@ from spectral_corpus.pipeline import tables as pipeline_tables
 from spectral_corpus.pipeline.reader import CorpusReader
 from spectral_corpus.stages.grid import PATCH_PX
 from spectral_corpus.stages.inspect import CANDIDATE_COLUMNS
-from spectral_corpus.stages.plan import KEY, Plan, plan_corpus
+from spectral_corpus.stages.plan import KEY, Plan, extend_plan, plan_corpus
 from spectral_corpus.stages.stats import Moments
 
 
@@ -91,6 +92,8 @@ def extension_at_scale(n_scenes: int, new_share: float, seed: int, root: Path) -
     whole, whole_cost = measured(lambda: plan_corpus(candidates, scenes, RULES, **layout))
     _check_same(plan, whole)
     new_candidates = world.candidates["product"].isin({r.product for r in newer})
+    previous, new = base.table("candidates"), world.candidates[new_candidates][CANDIDATE_COLUMNS]
+    _, extend_cost = measured(lambda: extend_plan(previous, new, scenes, RULES, **layout))
     return {
         "scenes": len(world.records),
         "new_scenes": len(newer),
@@ -107,7 +110,8 @@ def extension_at_scale(n_scenes: int, new_share: float, seed: int, root: Path) -
         "extension_functions": extension.functions,
         "fresh_plan": fresh_cost,
         "whole_replanned": whole_cost,
-        "ratios": _ratios(build.steps, extension.steps, fresh_cost, whole_cost),
+        "extend_plan": extend_cost,
+        "ratios": _ratios(build.steps, extension.steps, fresh_cost, whole_cost, extend_cost),
         "client_peak_rss_mb": max(v["rss_start_mb"] + v["peak_above_start_mb"] for v in extension.steps.values()),
     }
 
@@ -154,12 +158,15 @@ def _ratios(
     extension: dict[str, dict[str, float]],
     fresh: dict[str, float],
     whole: dict[str, float],
+    extend: dict[str, float],
 ) -> dict[str, float]:
-    """CPU-second ratios: the extension's plan against the two whole plans, its client steps against a build's."""
+    """CPU-second ratios: the extension's plan (with and without reading the corpus's tables) against the two
+    whole plans; its client steps against a build's."""
     plan = extension["plan (build._plan)"]["cpu_s"]
     return {
-        "extension_plan_over_fresh_plan": plan / fresh["cpu_s"],
-        "extension_plan_over_whole_replanned": plan / whole["cpu_s"],
+        "extension_plan_step_over_fresh_plan": plan / fresh["cpu_s"],
+        "extend_plan_over_fresh_plan": extend["cpu_s"] / fresh["cpu_s"],
+        "extend_plan_over_whole_replanned": extend["cpu_s"] / whole["cpu_s"],
         "extension_client_over_build_client": sum(s["cpu_s"] for s in extension.values())
         / sum(s["cpu_s"] for s in build.values()),
     }
@@ -177,6 +184,7 @@ def report(row: dict[str, Any]) -> str:
         )
         lines.append(f"  fresh plan of the whole       {run['fresh_plan']['cpu_s']:7.2f} CPU s")
         lines.append(f"  the whole re-planned (before) {run['whole_replanned']['cpu_s']:7.2f} CPU s")
+        lines.append(f"  extend_plan on the same input {run['extend_plan']['cpu_s']:7.2f} CPU s")
         for step, cost in run["extension_steps"].items():
             built = run["build_steps"].get(step, {}).get("cpu_s", float("nan"))
             lines.append(f"  extension {step:45s} {cost['cpu_s']:7.2f} CPU s (build: {built:.2f})")

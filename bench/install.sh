@@ -11,6 +11,10 @@
 #    `streaming.base` (bench/formats.py), which needs neither torchvision nor the SDKs, and runs with the
 #    project's numpy.
 # 3. A check that torch is still the version it was and that the three libraries import.
+#
+# Afterwards `pip check` reports litdata's and mosaicml-streaming's unmet declared requirements (torchvision,
+# the cloud SDKs, numpy<2.2): use an environment of its own for the benchmarks, not the one that runs the
+# tests (tests/test_docker.py runs docker/install.sh, which ends with `pip check`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

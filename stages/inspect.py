@@ -102,7 +102,8 @@ def _check_image(image: rasterio.DatasetReader, href: str) -> None:
         raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image dtype {image.dtypes[0]}, expected int16")
     if image.nodata is not None and image.nodata != NODATA:
         raise RejectedError(Rejection.DATA_TYPE, f"{href}: spectral image nodata {image.nodata}, expected {NODATA}")
-    _check_blocks_present(href)
+    if image.driver == "GTiff":  # ENVI and JPEG 2000 deliveries have no strip or tile offsets to check
+        _check_blocks_present(href)
 
 
 def _check_catalog(record: SceneRecord, image: rasterio.DatasetReader, epsg: int, href: str) -> None:
