@@ -951,7 +951,7 @@ FUNCTIONS: tuple[tuple[Any, str, str], ...] = (
     (pipeline_tables, "keep_newest", "scenes.keep_newest"),
     (pipeline_tables, "records_from_table", "scenes.records_from_table (in merge_scenes)"),
     (pipeline_tables, "scene_table", "scenes.scene_table (in merge_scenes)"),
-    (pipeline_work, "load_inspection", "work.load_inspection"),
+    (pipeline_work, "load_inspections", "work.load_inspections"),
     (build_module, "plan_corpus", "plan.plan_corpus"),
     (build_module, "extend_plan", "plan.extend_plan"),
     (stages_plan, "cross_zone_neighbours", "plan.cross_zone_neighbours"),

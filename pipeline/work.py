@@ -88,10 +88,6 @@ class WorkState:
         """Where the inspect task of ``product`` records its result."""
         return f"{BUILD}/inspect/{product}.json"
 
-    def inspection(self, product: str) -> InspectResult:
-        """The recorded inspection of ``product`` (FileNotFoundError if it was not inspected)."""
-        return load_inspection(self.files, self.inspection_key(product))
-
     def inspections(self, products: Sequence[str]) -> Inspections:
         """The recorded inspections of ``products``, in order, their candidates in one table (``load_inspections``)."""
         return load_inspections(self.files, [self.inspection_key(product) for product in products])
@@ -114,15 +110,6 @@ class WorkState:
 def save_inspection(result: InspectResult, files: CorpusFiles, key: str) -> None:
     """Record an inspection (run inside the inspect task, beside the other scenes')."""
     files.write(key, json_bytes({**asdict(result), "candidates": result.candidates.to_dict(orient="list")}))
-
-
-def load_inspection(files: CorpusFiles, key: str) -> InspectResult:
-    payload = json.loads(files.read(key))
-    candidates = pd.DataFrame(payload.pop("candidates"), columns=CANDIDATE_COLUMNS)
-    numeric = [c for c in CANDIDATE_COLUMNS if c != "product"]
-    candidates[numeric] = candidates[numeric].astype("int64")
-    code = payload.pop("rejection")
-    return InspectResult(candidates=candidates, rejection=Rejection(code) if code else None, **payload)
 
 
 class Inspections(list[InspectResult]):

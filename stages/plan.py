@@ -225,7 +225,7 @@ def cross_zone_neighbours(cells: pd.DataFrame, among: pd.DataFrame) -> pd.DataFr
     """
     found = []
     zones = among["epsg"].unique()
-    meridians = np.array([central_meridian(int(zone)) for zone in zones])
+    meridians = _meridians(zones)
     for epsg, group in cells.groupby("epsg", sort=False):
         nearby = zones[(zones != epsg) & (_degrees_apart(meridians, central_meridian(int(epsg))) <= ZONE_REACH_DEG)]
         if len(nearby):
@@ -268,7 +268,7 @@ def zone_overlap_losers(cells: pd.DataFrame, min_share: float) -> pd.DataFrame:
     footprints = cell_footprints(cells)
     left, right, overlap = _overlapping_pairs(footprints)
     a, b = footprints.loc[left, KEY].to_numpy(), footprints.loc[right, KEY].to_numpy()
-    lon = (shapely.get_x(shapely.centroid(overlap)) + 180.0) % 360.0 - 180.0
+    lon = _degrees_east(shapely.get_x(shapely.centroid(overlap)), 0.0)
     a_far = _degrees_apart(lon, _meridians(a[:, 0])) > _degrees_apart(lon, _meridians(b[:, 0]))
     large = _shares_of_cell(overlap, a[:, 0]) > min_share
     losers = np.where(a_far[:, None], a, b)[large]
@@ -347,7 +347,7 @@ def _meridians(epsg: np.ndarray) -> np.ndarray:
 
 
 def _degrees_apart(lon: Any, meridian: Any) -> Any:
-    return abs((lon - meridian + 180.0) % 360.0 - 180.0)
+    return abs(_degrees_east(lon, meridian))
 
 
 def cell_footprints(cells: pd.DataFrame) -> gpd.GeoDataFrame:
